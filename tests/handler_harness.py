@@ -1,0 +1,85 @@
+"""Runs a handler in-process the way a TorchServe worker does, without Java.
+
+`load_handler` builds the worker's Context (system properties, model-config, real metrics cache)
+around a real export; `worker_row` turns one HTTP request into the row the worker would hand the
+handler (JSON parsed, text/* decoded to str with its bytes fallback); `run_batch` calls
+`handler.handle` on a batch and reads back each item's status, headers and body.
+"""
+import importlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List
+
+import yaml
+from ts.context import Context, RequestProcessor
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+
+import ts
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+METRICS_YAML = Path(ts.__file__).parent / "configs" / "metrics.yaml"
+
+
+def load_handler(handler_module: str, export_dir, model_name: str, model_yaml=None, tmp_dir=None):
+    """Instantiate handlers/<handler_module>.py's handler on a copy of export_dir, as an archive would lay it out."""
+    model_dir = Path(tmp_dir) / model_name if tmp_dir else Path(export_dir)
+    if tmp_dir:
+        shutil.copytree(export_dir, model_dir, dirs_exist_ok=True)
+    if model_yaml is None:
+        model_yaml = yaml.safe_load((REPO_ROOT / "configs" / f"{model_name}.yaml").read_text())
+    metrics = MetricsCacheYamlImpl(config_file_path=str(METRICS_YAML))
+    metrics.initialize_cache()
+    metrics.model_name = model_name
+    context = Context(
+        model_name, str(model_dir), {"model": {"modelName": model_name}}, model_yaml.get("batchSize", 1),
+        None, ts.__version__, True, metrics, model_yaml,
+    )
+    module = importlib.import_module(handler_module)
+    handler_class = next(
+        obj for obj in vars(module).values()
+        if isinstance(obj, type) and obj.__module__ == module.__name__ and hasattr(obj, "prepare_item")
+    )
+    handler = handler_class()
+    handler.initialize(context)
+    return handler, context
+
+
+def worker_row(content, content_type="application/octet-stream", field="body") -> dict:
+    """The row TorchServe's worker builds from a request body (or a multipart field named `field`)."""
+    if isinstance(content, str):
+        content = content.encode("utf-8")
+    value = bytearray(content)
+    if content_type == "application/json":
+        try:
+            value = json.loads(bytes(value).decode("utf-8"))
+        except Exception:
+            pass
+    elif content_type.startswith("text"):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    return {field: value}
+
+
+@dataclass
+class ItemResponse:
+    status: int
+    headers: Dict[str, str]
+    body: object  # the parsed JSON answer
+
+
+def run_batch(handler, context, rows: List[dict]) -> List[ItemResponse]:
+    context.request_processor = [RequestProcessor({}) for _ in rows]
+    context.request_ids = {i: f"request-{i}" for i in range(len(rows))}
+    context.metrics.request_ids = context.request_ids
+    outputs = handler.handle(rows, context)
+    assert isinstance(outputs, list) and len(outputs) == len(rows), "one answer per request"
+    responses = []
+    for index, output in enumerate(outputs):
+        status, _ = context.get_response_status(index)
+        body = json.loads(output) if isinstance(output, (str, bytes)) else json.loads(json.dumps(output))
+        responses.append(ItemResponse(status=status, headers=dict(context.get_response_headers(index)), body=body))
+    return responses
