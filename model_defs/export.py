@@ -109,7 +109,7 @@ def load_export(export_dir, device="cpu") -> LoadedExport:
     """Rebuild the model from model.json, load its weights, and put it in eval mode on `device`."""
     export_dir = Path(export_dir)
     spec = json.loads((export_dir / MODEL_JSON).read_text())
-    model = build_model(spec["arch"], **spec["model_args"])
+    model = build_model(spec["arch"], modality=spec["modality"], **spec["model_args"])
     state_dict = torch.load(export_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     model.load_state_dict(state_dict)
     model.to(device).eval()

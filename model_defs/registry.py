@@ -3,7 +3,8 @@
 An export's model.json records (arch, model_args); `build_model(arch, **model_args)` rebuilds the
 same nn.Module at serving time, so the weights file can stay a plain state_dict.
 """
-from typing import Callable, Dict, List
+import importlib
+from typing import Callable, Dict, List, Optional
 
 from torch import nn
 
@@ -22,13 +23,18 @@ def register(name: str):
     return add
 
 
+MODALITIES = ("image", "text", "audio")
+
+
 def available_architectures() -> List[str]:
-    _import_modality_modules()
+    _import_modality_modules(MODALITIES)
     return sorted(_BUILDERS)
 
 
-def build_model(arch: str, **model_args) -> nn.Module:
-    _import_modality_modules()
+def build_model(arch: str, modality: Optional[str] = None, **model_args) -> nn.Module:
+    """Build `arch` with `model_args`. Naming the modality imports only its module, so a server
+    that hosts only image models needs none of the text or audio dependencies."""
+    _import_modality_modules((modality,) if modality else MODALITIES)
     if arch not in _BUILDERS:
         raise ValueError(
             f"unknown model architecture {arch!r}; valid choices: {', '.join(sorted(_BUILDERS))}"
@@ -36,15 +42,9 @@ def build_model(arch: str, **model_args) -> nn.Module:
     return _BUILDERS[arch](**model_args)
 
 
-def _import_modality_modules() -> None:
+def _import_modality_modules(modalities) -> None:
     # Registration happens on import; importing here means callers need only this module.
-    # A modality whose optional dependency is missing (e.g. tokenizers) simply registers nothing.
-    import importlib
-
-    for module in ("image", "text", "audio"):
-        try:
-            importlib.import_module(f"{__package__}.{module}")
-        except ModuleNotFoundError as error:
-            if error.name and error.name.startswith(__package__):
-                continue
-            raise
+    for modality in modalities:
+        if modality not in MODALITIES:
+            raise ValueError(f"unknown modality {modality!r}; valid choices: {', '.join(MODALITIES)}")
+        importlib.import_module(f"{__package__}.{modality}")

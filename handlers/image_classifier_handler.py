@@ -1,0 +1,31 @@
+"""TorchServe handler for image_classifier: images in, top-k labels with probabilities out.
+
+Accepts a raw body (`curl -T x.jpg`), a multipart field (`curl -F data=@x.jpg`) or JSON
+{"data": "<base64>"} (also "image", or a data: URL). Any format PIL decodes: JPEG, PNG, WebP, GIF
+(first frame), BMP, TIFF; grayscale, RGBA and palette images; EXIF orientation is honoured.
+Each image is decoded and transformed on its own (decoding is inherently per image), then the batch
+is stacked and runs as one forward pass.
+"""
+from handler_common import BatchClassifierHandler, ItemError, binary_content
+from model_defs.image import ImageDecodeError, ImageTooLargeError, eval_transform, load_image
+
+DEFAULT_MAX_PIXELS = 40_000_000  # a 40 MP photo decodes to 120 MB of RGB; anything bigger is refused
+
+
+class ImageClassifierHandler(BatchClassifierHandler):
+    modality = "image"
+    json_fields = ("data", "image")
+
+    def load_modality(self, export):
+        self.transform = eval_transform(export.spec["preprocess"])
+        self.max_pixels = int(self.settings.get("max_pixels", DEFAULT_MAX_PIXELS))
+
+    def prepare_item(self, payload, index):
+        content = binary_content(payload, self.json_fields, self.max_bytes, "image")
+        try:
+            image = load_image(content, self.max_pixels)
+        except ImageTooLargeError as error:
+            raise ItemError(413, "ImageTooLarge", str(error)) from None
+        except ImageDecodeError as error:
+            raise ItemError(400, "UndecodableImage", str(error)) from None
+        return self.transform(image), {}
