@@ -1,0 +1,56 @@
+# Two commands on a fresh clone: `make serve` and `make test`. Everything installs into .venv.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+SETUP  := $(VENV)/.installed
+MODELS := image_classifier text_classifier audio_classifier
+
+EXPORTS  := $(MODELS:%=exports/%/model.json)
+ARCHIVES := $(MODELS:%=model_store/%.mar)
+SHARED_MODEL_DEFS := model_defs/__init__.py model_defs/registry.py model_defs/export.py train/common.py
+
+.PHONY: setup exports archives serve stop test test-unit test-live clean
+.DELETE_ON_ERROR:
+
+setup: $(SETUP)
+
+# Fails with a message when Python 3.11 or Java 17 is missing; reinstalls when requirements change.
+$(SETUP): requirements.txt scripts/check_prereqs.sh
+	scripts/check_prereqs.sh $(PYTHON)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+# A demo export is retrained when it is missing or older than the code that produced it.
+# (Train on your own data with `$(PY) train/<modality>.py --data ...`; see README.)
+exports/image_classifier/model.json: train/image.py train/synthetic_shapes.py model_defs/image.py $(SHARED_MODEL_DEFS) | $(SETUP)
+	$(PY) train/image.py
+exports/text_classifier/model.json: train/text.py model_defs/text.py $(SHARED_MODEL_DEFS) | $(SETUP)
+	$(PY) train/text.py
+exports/audio_classifier/model.json: train/audio.py model_defs/audio.py $(SHARED_MODEL_DEFS) | $(SETUP)
+	$(PY) train/audio.py
+
+exports: $(EXPORTS)
+
+model_store/%.mar: exports/%/model.json configs/%.yaml archive.sh $(wildcard handlers/*.py model_defs/*.py) | $(SETUP)
+	./archive.sh $*
+
+archives: $(ARCHIVES)
+
+serve: $(ARCHIVES)
+	$(PY) scripts/serve.py
+
+stop:
+	-$(VENV)/bin/torchserve --stop
+
+test: $(EXPORTS)
+	$(PY) -m pytest tests
+
+test-unit: $(EXPORTS)
+	$(PY) -m pytest tests/unit
+
+test-live: $(EXPORTS)
+	$(PY) -m pytest tests/integration
+
+clean:
+	rm -rf exports model_store logs samples key_file.json

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Fails loudly, before anything is installed, when the interpreter or Java the bundle needs is missing.
+set -uo pipefail
+python=${1:-python3.11}
+status=0
+version=$("$python" -c 'import platform; print(platform.python_version())' 2>/dev/null)
+if [[ -z "$version" ]]; then
+  echo "setup: $python not found or does not run. The bundle needs Python 3.11 (make PYTHON=/path/to/python3.11 ...)." >&2
+  status=1
+elif [[ "$version" != 3.11.* ]]; then
+  echo "setup: $python is Python $version; the bundle needs 3.11 (make PYTHON=/path/to/python3.11 ...)." >&2
+  status=1
+fi
+if ! command -v java >/dev/null 2>&1; then
+  echo "setup: java not found. TorchServe's frontend needs Java 17 (e.g. apt-get install openjdk-17-jre-headless)." >&2
+  status=1
+else
+  java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
+  if [[ "$java_major" != "17" ]]; then
+    echo "setup: java is version ${java_major:-unknown}; TorchServe 0.12 is run and tested here on Java 17." >&2
+    status=1
+  fi
+fi
+exit $status

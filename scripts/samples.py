@@ -1,0 +1,34 @@
+"""Sample inputs for `make serve`'s curl lines, generated with the same code as the demo data sets,
+so each sample's expected answer is known (a star image is a `star`)."""
+from pathlib import Path
+from typing import Dict, List
+
+SAMPLE_TEXT = "Hi, my card was charged twice for the same order, can I get a refund?"
+
+
+def modality_of(model: str) -> str:
+    return model.split("_", 1)[0]  # image_classifier, image_classifier_onnx ... → image
+
+
+def write_samples(directory: Path, models) -> Dict[str, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    modalities = {modality_of(m) for m in models}
+    files = {}
+    if "image" in modalities:
+        from train.synthetic_shapes import render_shape
+
+        files["image"] = directory / "star.png"
+        render_shape("star", size=128, seed=7).save(files["image"])
+    return files
+
+
+def curl_examples(model: str, files: Dict[str, Path], url: str, auth: str) -> List[str]:
+    modality = modality_of(model)
+    if modality == "image":
+        path = files["image"].relative_to(Path.cwd()) if files["image"].is_relative_to(Path.cwd()) else files["image"]
+        return [
+            f"curl {auth} {url} -T {path}                              # raw bytes",
+            f"curl {auth} {url} -F data=@{path}                        # multipart",
+            f'curl {auth} {url} -H "Content-Type: application/json" -d "{{\\"data\\": \\"$(base64 -w0 {path})\\"}}"   # JSON base64',
+        ]
+    return []
