@@ -1,0 +1,98 @@
+"""image_classifier through a real TorchServe: every input form, a corrupt item inside a concurrent
+batch, scaling through the management API, token authorization and Prometheus metrics."""
+import base64
+import io
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+
+from train.synthetic_shapes import render_shape
+
+MODEL = "image_classifier"
+
+
+def png(shape: str, seed: int = 5) -> bytes:
+    buffer = io.BytesIO()
+    render_shape(shape, size=96, seed=seed).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_ping_is_healthy(server):
+    response = requests.get(f"{server.inference_url}/ping", headers=server.inference_headers, timeout=10)
+    assert response.status_code == 200
+    assert response.json()["status"] == "Healthy"
+
+
+def test_prediction_through_raw_multipart_and_json(server):
+    image = png("star")
+    raw = server.predict(MODEL, data=image, headers={"Content-Type": "image/png"})
+    multipart = server.predict(MODEL, files={"data": ("star.png", image, "image/png")})
+    as_json = server.predict(MODEL, json={"data": base64.b64encode(image).decode()})
+    for response in (raw, multipart, as_json):
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert next(iter(body)) == "star"
+        assert list(body.values()) == sorted(body.values(), reverse=True)
+    assert raw.json() == multipart.json() == as_json.json()
+
+
+def test_corrupt_item_in_a_concurrent_batch_gets_400_and_neighbours_200(server):
+    pids_before = server.worker_pids(MODEL)
+    bodies = [png("circle", 21), b"\x89PNG\r\n\x1a\n this is not really a png", png("cross", 22), png("ring", 23)]
+    with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+        responses = list(pool.map(lambda body: server.predict(MODEL, data=body), bodies))
+    assert [r.status_code for r in responses] == [200, 400, 200, 200]
+    error = responses[1].json()
+    assert error["code"] == 400 and error["type"] == "UndecodableImage" and "image" in error["message"]
+    assert [next(iter(r.json())) for r in (responses[0], responses[2], responses[3])] == ["circle", "cross", "ring"]
+    assert server.worker_pids(MODEL) == pids_before, "a bad request must not kill or restart a worker"
+
+
+def test_oversized_image_is_refused_with_413(server):
+    # A 12000 x 12000 PNG: small on the wire, 144 MP decoded, over the model-config's max_pixels.
+    buffer = io.BytesIO()
+    from PIL import Image
+    Image.new("L", (12000, 12000), 0).save(buffer, format="PNG", optimize=True)
+    response = server.predict(MODEL, data=buffer.getvalue())
+    assert response.status_code == 413
+    assert response.json()["type"] == "ImageTooLarge"
+
+
+def test_describe_then_scale_to_three_workers_and_back(server):
+    description = server.describe(MODEL)[0]
+    assert description["modelName"] == MODEL
+    assert description["batchSize"] == 8 and description["maxBatchDelay"] == 20
+    assert len(description["workers"]) == 1
+    server.scale(MODEL, 3, 3)
+    workers = server.describe(MODEL)[0]["workers"]
+    assert len(workers) == 3 and all(w["status"] == "READY" for w in workers)
+    assert server.predict(MODEL, data=png("triangle")).status_code == 200
+    server.scale(MODEL, 1, 1)
+    assert len(server.describe(MODEL)[0]["workers"]) == 1
+
+
+def test_missing_or_wrong_token_is_rejected(server):
+    url = f"{server.inference_url}/predictions/{MODEL}"
+    for headers in ({}, {"Authorization": "Bearer wrong-token"}, server.management_headers):
+        response = requests.post(url, data=png("star"), headers=headers, timeout=30)
+        assert response.status_code == 400 and response.json()["type"] == "InvalidKeyException"
+    describe = f"{server.management_url}/models/{MODEL}"
+    for headers in ({}, {"Authorization": "Bearer wrong-token"}, server.inference_headers):
+        response = requests.get(describe, headers=headers, timeout=30)
+        assert response.status_code == 400 and response.json()["type"] == "InvalidKeyException"
+
+
+def test_model_registration_api_is_off(server):
+    response = requests.post(f"{server.management_url}/models", params={"url": "https://example.invalid/x.mar"},
+                             headers=server.management_headers, timeout=30)
+    assert response.status_code == 405
+
+
+def test_metrics_show_inference_requests_for_the_model(server):
+    assert server.predict(MODEL, data=png("square")).status_code == 200
+    metrics = requests.get(f"{server.metrics_url}/metrics", timeout=30).text
+    counts = [
+        float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+        if line.startswith("ts_inference_requests_total{") and f'model_name="{MODEL}"' in line
+    ]
+    assert counts and counts[0] >= 1
