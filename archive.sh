@@ -3,7 +3,7 @@
 #
 #   ./archive.sh                      # all of exports/*/
 #   ./archive.sh image_classifier     # just these
-#   EXPORTS_DIR=... MODEL_STORE=... ./archive.sh
+#   EXPORTS_DIR=... MODEL_STORE=... CONFIGS_DIR=... ./archive.sh
 #
 # An archive holds the weights (serialized file), the export's other files (model.json, labels,
 # tokenizer ...), the handler for the export's modality, handler_common.py, the model_defs/ package
@@ -15,6 +15,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 exports_dir=${EXPORTS_DIR:-$repo/exports}
 model_store=${MODEL_STORE:-$repo/model_store}
+configs_dir=${CONFIGS_DIR:-$repo/configs}
 version=${MODEL_VERSION:-1.0}
 if [[ -x $repo/.venv/bin/torch-model-archiver ]]; then
   archiver=$repo/.venv/bin/torch-model-archiver
@@ -45,7 +46,7 @@ for name in "${names[@]}"; do
   export_dir=$exports_dir/$name
   [[ -f $export_dir/model.json && -f $export_dir/weights.pt ]] \
     || { echo "archive.sh: $export_dir is not an export (needs model.json and weights.pt)" >&2; exit 1; }
-  config=$repo/configs/$name.yaml
+  config=$configs_dir/$name.yaml
   [[ -f $config ]] || { echo "archive.sh: no model-config for $name: expected $config" >&2; exit 1; }
   modality=$("$python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["modality"])' "$export_dir/model.json")
   handler=$repo/handlers/${modality}_classifier_handler.py

@@ -3,48 +3,20 @@ archived model has a READY worker, then print curl lines that work as printed (t
 
 Run from the repository root with the venv's python; `make stop` (torchserve --stop) stops it.
 """
-import json
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import requests
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from scripts import samples  # noqa: E402
+from scripts.local_torchserve import VENV_BIN, read_properties, wait_until_ready  # noqa: E402
 
-VENV_BIN = REPO_ROOT / ".venv" / "bin"
 CONFIG = REPO_ROOT / "config.properties"
 KEY_FILE = REPO_ROOT / "key_file.json"
 READY_TIMEOUT_S = 300
-
-
-def read_properties(path: Path) -> dict:
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and not line.lstrip().startswith("#"))
-    return {key.strip(): value.strip() for key, value in pairs}
-
-
-def describe(management_url: str, model: str, key: str) -> list:
-    response = requests.get(f"{management_url}/models/{model}", headers={"Authorization": f"Bearer {key}"}, timeout=10)
-    response.raise_for_status()
-    return response.json()
-
-
-def wait_until_ready(management_url: str, models, started: float) -> dict:
-    while time.monotonic() - started < READY_TIMEOUT_S:
-        try:
-            keys = json.loads(KEY_FILE.read_text())
-            states = {m: [w["status"] for w in describe(management_url, m, keys["management"]["key"])[0]["workers"]] for m in models}
-            if all(s and all(x == "READY" for x in s) for s in states.values()):
-                return keys
-        except (OSError, ValueError, KeyError, requests.RequestException):
-            pass
-        time.sleep(1)
-    sys.exit(f"serve: models not READY within {READY_TIMEOUT_S}s; see {REPO_ROOT / 'logs' / 'model_log.log'} and ts_log.log")
 
 
 def main():
@@ -60,7 +32,10 @@ def main():
     subprocess.run([str(VENV_BIN / "torchserve"), "--start", "--ncs", "--ts-config", str(CONFIG)], cwd=REPO_ROOT, check=True,
                    stdout=subprocess.DEVNULL)
     inference_url, management_url = properties["inference_address"], properties["management_address"]
-    keys = wait_until_ready(management_url, models, started)
+    try:
+        keys = wait_until_ready(management_url, models, KEY_FILE, READY_TIMEOUT_S)
+    except TimeoutError as error:
+        sys.exit(f"serve: {error}; see logs/model_log.log and logs/ts_log.log")
     print(f"TorchServe is up with {', '.join(models)} (READY in {time.monotonic() - started:.0f}s); logs in logs/, stop with: make stop\n")
     sample_files = samples.write_samples(REPO_ROOT / "samples", models)
 

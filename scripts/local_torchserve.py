@@ -1,0 +1,119 @@
+"""Start, watch and stop a TorchServe on this machine: shared by `make serve`, the live-test
+fixture and the benchmark, so all three start the server the same way."""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional
+
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = REPO_ROOT / ".venv" / "bin"
+LISTENERS = ("inference_address", "management_address", "metrics_address")
+
+
+def read_properties(path: Path) -> Dict[str, str]:
+    pairs = (line.split("=", 1) for line in Path(path).read_text().splitlines()
+             if "=" in line and not line.lstrip().startswith("#"))
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_config(destination: Path, model_store: Path, overrides: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """config.properties with free loopback ports, `model_store` and `overrides`; returns its properties."""
+    settings = {key: f"http://127.0.0.1:{free_port()}" for key in LISTENERS}
+    settings["model_store"] = str(model_store)
+    settings.update(overrides or {})
+    config = (REPO_ROOT / "config.properties").read_text()
+    for key, value in settings.items():
+        config, count = re.subn(rf"^{key}=.*$", f"{key}={value}", config, flags=re.M)
+        if count == 0:
+            config += f"\n{key}={value}\n"
+    Path(destination).write_text(config)
+    return read_properties(destination)
+
+
+def describe(management_url: str, model: str, management_key: str) -> list:
+    response = requests.get(f"{management_url}/models/{model}", headers={"Authorization": f"Bearer {management_key}"}, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def all_ready(management_url: str, models: Iterable[str], management_key: str) -> bool:
+    try:
+        for model in models:
+            workers = describe(management_url, model, management_key)[0]["workers"]
+            if not workers or any(worker["status"] != "READY" for worker in workers):
+                return False
+        return True
+    except (requests.RequestException, KeyError, ValueError, IndexError):
+        return False
+
+
+def wait_until_ready(management_url: str, models: List[str], key_file: Path, timeout_s: float,
+                     process: Optional[subprocess.Popen] = None) -> dict:
+    """Poll until every model has only READY workers; returns the keys from key_file.json."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"TorchServe exited with {process.returncode} during start-up")
+        try:
+            keys = json.loads(Path(key_file).read_text())
+            if all_ready(management_url, models, keys["management"]["key"]):
+                return keys
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"models {models} not READY within {timeout_s:.0f}s")
+
+
+class ForegroundTorchServe:
+    """TorchServe in the foreground of its own process group, in `workdir`, with a clean PYTHONPATH.
+
+    TMPDIR points into workdir, so its pid file never collides with a server started by `make serve`;
+    stop() ends the whole group (frontend and every worker).
+    """
+
+    def __init__(self, workdir: Path, config: Path, env: Optional[Dict[str, str]] = None):
+        self.workdir = Path(workdir)
+        environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # archives must stand alone
+        environment.update(PATH=f"{VENV_BIN}:{environment.get('PATH', '')}", TMPDIR=str(self.workdir),
+                           LOG_LOCATION=str(self.workdir / "logs"), METRICS_LOCATION=str(self.workdir / "logs"))
+        environment.update(env or {})
+        with open(self.workdir / "torchserve.out", "wb") as out:
+            self.process = subprocess.Popen(
+                [str(VENV_BIN / "torchserve"), "--start", "--foreground", "--ncs", "--ts-config", str(config)],
+                cwd=self.workdir, env=environment, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+
+    @property
+    def key_file(self) -> Path:
+        return self.workdir / "key_file.json"
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def logs(self, tail_lines: int = 200) -> str:
+        parts = []
+        for path in sorted((self.workdir / "logs").glob("*.log")) + [self.workdir / "torchserve.out"]:
+            if path.exists():
+                lines = path.read_text(errors="replace").splitlines()[-tail_lines:]
+                parts.append(f"===== {path.name} (last {len(lines)} lines) =====\n" + "\n".join(lines))
+        return "\n".join(parts)
