@@ -9,7 +9,7 @@ EXPORTS  := $(MODELS:%=exports/%/model.json)
 ARCHIVES := $(MODELS:%=model_store/%.mar)
 SHARED_MODEL_DEFS := model_defs/__init__.py model_defs/registry.py model_defs/export.py train/common.py
 
-.PHONY: setup exports archives serve stop test test-unit test-live clean
+.PHONY: setup exports archives serve stop test test-unit test-live bench clean
 .DELETE_ON_ERROR:
 
 setup: $(SETUP)
@@ -51,6 +51,10 @@ test-unit: $(EXPORTS)
 
 test-live: $(EXPORTS)
 	$(PY) -m pytest tests/integration
+
+# Throughput/latency/memory against the in-process model and TorchServe's stock handler (not a test).
+bench: $(SETUP)
+	$(PY) bench/bench.py
 
 clean:
 	rm -rf exports model_store logs samples key_file.json
