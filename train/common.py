@@ -77,7 +77,7 @@ def fit(model, train_loader, heldout_loader, *, epochs: int, lr: float, weight_d
         forward: Callable, optimizer: str = "adamw", label_smoothing: float = 0.0, log=print) -> dict:
     """Train with a one-cycle schedule; prints each epoch; returns the held-out accuracy and time."""
     optimizer = make_optimizer(optimizer, model, lr, weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * len(train_loader), pct_start=0.25)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * len(train_loader), pct_start=0.15)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     started = time.perf_counter()
     accuracy = 0.0

@@ -60,8 +60,10 @@ def _background(rng: random.Random, size: int) -> Image.Image:
         mix = ((np.floor(x * cells) + np.floor(y * cells)) % 2).astype(np.float32)
     else:
         mix = np.zeros((size, size), np.float32)
-    pixels = base + mix[..., None] * (other - base)
-    pixels += np_rng.normal(0, rng.uniform(3, 40), size=(size, size, 3))  # sensor-like noise on every kind
+    # Textures stay subtler than the shape (at most half the colour difference), as in a photo of
+    # an object on a patterned surface; the shape's colour is then chosen to stand out from them.
+    pixels = base + mix[..., None] * (other - base) * rng.uniform(0.15, 0.5)
+    pixels += np_rng.normal(0, rng.uniform(2, 25), size=(size, size, 3))  # sensor-like noise on every kind
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
 
 
@@ -86,7 +88,7 @@ def render_shape(shape: str, size: int = 64, seed: int = 0) -> Image.Image:
     big = size * SUPERSAMPLE
     image = _background(rng, size).resize((big, big), Image.NEAREST)
     draw = ImageDraw.Draw(image)
-    radius = rng.uniform(0.18, 0.42) * big
+    radius = rng.uniform(0.24, 0.45) * big  # at least ~half the image wide: a star stays a star at 32 px
     cx = rng.uniform(radius, big - radius)
     cy = rng.uniform(radius, big - radius)
     rotation = rng.uniform(0, 2 * math.pi)
@@ -105,8 +107,8 @@ def render_shape(shape: str, size: int = 64, seed: int = 0) -> Image.Image:
     elif shape == "cross":
         draw.polygon(_cross(cx, cy, radius, rotation), fill=colour)
     image = image.resize((size, size), Image.LANCZOS)
-    if rng.random() < 0.3:
-        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
+    if rng.random() < 0.2:  # slightly out of focus
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.6)))
     return image
 
 

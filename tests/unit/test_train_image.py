@@ -1,0 +1,48 @@
+"""train/image.py on a user's ImageFolder: the --data path end to end, to an export the handler serves."""
+import io
+import json
+
+import pytest
+
+from handler_harness import load_handler, run_batch, worker_row
+from train import image as train_image
+from train.synthetic_shapes import render_shape
+
+
+def test_training_on_an_image_folder_exports_a_servable_model(tmp_path):
+    data = tmp_path / "photos"
+    for label in ("cats", "dogs"):
+        (data / label).mkdir(parents=True)
+        for i in range(6):
+            shape = "circle" if label == "cats" else "square"
+            render_shape(shape, size=40, seed=i).save(data / label / f"{i}.png")
+    (data / "dogs" / "notes.txt").write_text("not an image: skipped")
+    out = tmp_path / "export"
+    args = train_image.get_args_parser().parse_args(
+        ["--data", str(data), "--out", str(out), "--epochs", "1", "--image-size", "32", "--batch-size", "4", "--workers", "0"])
+    train_image.main(args)
+
+    spec = json.loads((out / "model.json").read_text())
+    assert spec["arch"] == "resnet18" and spec["preprocess"]["crop"] == 32 and spec["preprocess"]["resize"] == 37
+    assert json.loads((out / "index_to_name.json").read_text()) == {"0": "cats", "1": "dogs"}
+    assert 0.0 <= spec["metrics"]["heldout_accuracy"] <= 1.0
+
+    model_yaml = {"maxWorkers": 1, "handler": {"top_k": 5}}
+    handler, context = load_handler("image_classifier_handler", out, "image_classifier", model_yaml, tmp_dir=tmp_path / "m")
+    buffer = io.BytesIO()
+    render_shape("circle", size=40, seed=99).save(buffer, format="PNG")
+    (response,) = run_batch(handler, context, [worker_row(buffer.getvalue())])
+    assert response.status == 200 and set(response.body) == {"cats", "dogs"}
+
+
+def test_a_folder_without_classes_is_refused_with_a_message(tmp_path):
+    (tmp_path / "empty").mkdir()
+    args = train_image.get_args_parser().parse_args(["--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+    with pytest.raises((SystemExit, ValueError), match="at least 2 classes"):
+        train_image.main(args)
+
+
+def test_unknown_architecture_lists_the_choices(tmp_path):
+    args = train_image.get_args_parser().parse_args(["--arch", "resnet19", "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="valid choices: .*resnet18"):
+        train_image.main(args)
