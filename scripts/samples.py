@@ -19,13 +19,26 @@ def write_samples(directory: Path, models) -> Dict[str, Path]:
 
         files["image"] = directory / "star.png"
         render_shape("star", size=128, seed=7).save(files["image"])
+    if "audio" in modalities:
+        import numpy as np
+        import soundfile
+
+        from train.audio import generate_clip
+
+        clip = generate_clip("chirp_up", np.random.default_rng(3), sample_rate=44100, channels=2)
+        files["audio"] = directory / "chirp_up.wav"
+        soundfile.write(files["audio"], clip.samples, clip.sample_rate)
     return files
+
+
+def _shown(path: Path) -> Path:
+    return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
 
 
 def curl_examples(model: str, files: Dict[str, Path], url: str, auth: str) -> List[str]:
     modality = modality_of(model)
-    if modality == "image":
-        path = files["image"].relative_to(Path.cwd()) if files["image"].is_relative_to(Path.cwd()) else files["image"]
+    if modality in ("image", "audio"):
+        path = _shown(files[modality])
         return [
             f"curl {auth} {url} -T {path}                              # raw bytes",
             f"curl {auth} {url} -F data=@{path}                        # multipart",
