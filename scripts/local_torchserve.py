@@ -32,6 +32,10 @@ def free_port() -> int:
 def write_config(destination: Path, model_store: Path, overrides: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     """config.properties with free loopback ports, `model_store` and `overrides`; returns its properties."""
     settings = {key: f"http://127.0.0.1:{free_port()}" for key in LISTENERS}
+    # gRPC listeners and worker sockets (/tmp/.ts.sock.<port>, counting up from 9000) would collide
+    # with another TorchServe on this machine, e.g. one started by `make serve`: move them too.
+    settings.update(grpc_inference_port=str(free_port()), grpc_management_port=str(free_port()),
+                    initial_worker_port=str(20000 + free_port() % 20000))
     settings["model_store"] = str(model_store)
     settings.update(overrides or {})
     config = (REPO_ROOT / "config.properties").read_text()

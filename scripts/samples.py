@@ -44,4 +44,11 @@ def curl_examples(model: str, files: Dict[str, Path], url: str, auth: str) -> Li
             f"curl {auth} {url} -F data=@{path}                        # multipart",
             f'curl {auth} {url} -H "Content-Type: application/json" -d "{{\\"data\\": \\"$(base64 -w0 {path})\\"}}"   # JSON base64',
         ]
+    if modality == "text":
+        return [
+            f"curl {auth} {url} -H 'Content-Type: text/plain' -d '{SAMPLE_TEXT}'",
+            f"curl {auth} {url} -H 'Content-Type: application/json' -d '{{\"text\": \"{SAMPLE_TEXT}\"}}'",
+            f"curl {auth} {url} -F 'text={SAMPLE_TEXT}'                 # form field",
+            f"curl -i {auth} {url} -H 'Content-Type: text/plain' -d '{SAMPLE_TEXT}'   # -i shows X-Text-Tokens",
+        ]
     return []
