@@ -67,17 +67,23 @@ def _background(rng: random.Random, size: int) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
 
 
+def _luminance(rgb) -> float:
+    return float(0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2])
+
+
 def _contrasting_colour(rng: random.Random, background: Image.Image) -> Tuple[int, int, int]:
-    mean = np.asarray(background, dtype=np.float32).reshape(-1, 3).mean(axis=0)
-    best, best_distance = None, -1.0
-    for _ in range(8):  # a few tries for a colour that stands out from the background's mean
-        colour = np.array([rng.randint(0, 255) for _ in range(3)], dtype=np.float32)
-        distance = float(np.linalg.norm(colour - mean))
-        if distance > best_distance:
-            best, best_distance = colour, distance
-        if distance > 120:
+    """A random colour whose brightness differs clearly from the background's, as an object that
+    stands out from its surroundings: a hue-only difference would vanish in a greyscale photo."""
+    background_luminance = _luminance(np.asarray(background, dtype=np.float32).reshape(-1, 3).mean(axis=0))
+    best, best_gap = None, -1.0
+    for _ in range(16):
+        colour = tuple(rng.randint(0, 255) for _ in range(3))
+        gap = abs(_luminance(colour) - background_luminance)
+        if gap > best_gap:
+            best, best_gap = colour, gap
+        if gap >= 70:
             break
-    return tuple(int(c) for c in best)
+    return best
 
 
 def render_shape(shape: str, size: int = 64, seed: int = 0) -> Image.Image:
@@ -88,7 +94,7 @@ def render_shape(shape: str, size: int = 64, seed: int = 0) -> Image.Image:
     big = size * SUPERSAMPLE
     image = _background(rng, size).resize((big, big), Image.NEAREST)
     draw = ImageDraw.Draw(image)
-    radius = rng.uniform(0.24, 0.45) * big  # at least ~half the image wide: a star stays a star at 32 px
+    radius = rng.uniform(0.3, 0.46) * big  # 60-92% of the image wide: a star stays a star at 32 px
     cx = rng.uniform(radius, big - radius)
     cy = rng.uniform(radius, big - radius)
     rotation = rng.uniform(0, 2 * math.pi)
@@ -107,8 +113,8 @@ def render_shape(shape: str, size: int = 64, seed: int = 0) -> Image.Image:
     elif shape == "cross":
         draw.polygon(_cross(cx, cy, radius, rotation), fill=colour)
     image = image.resize((size, size), Image.LANCZOS)
-    if rng.random() < 0.2:  # slightly out of focus
-        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.6)))
+    if rng.random() < 0.15:  # slightly out of focus
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.5)))
     return image
 
 
