@@ -56,6 +56,23 @@ class TorchServe:
         response.raise_for_status()
         return response
 
+    def scale_to(self, model: str, workers: int) -> list:
+        """Scale synchronously to exactly `workers` and return them, checked READY with distinct pids."""
+        self.scale(model, workers, workers)
+        described = self.describe(model)[0]["workers"]
+        assert len(described) == workers, described
+        assert all(worker["status"] == "READY" for worker in described), described
+        assert len({worker["pid"] for worker in described}) == workers, described
+        return described
+
+    def check_model_config(self, model: str, batch_size: int = 8, max_batch_delay: int = 20) -> dict:
+        """describe answers with the archive's model-config: its batching and its one worker."""
+        description = self.describe(model)[0]
+        assert description["modelName"] == model
+        assert description["batchSize"] == batch_size and description["maxBatchDelay"] == max_batch_delay
+        assert len(description["workers"]) == 1
+        return description
+
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, request):

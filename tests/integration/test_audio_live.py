@@ -110,15 +110,8 @@ def test_limits_are_answered_with_413_and_a_json_body(server):
 
 
 def test_describe_then_scale_to_two_workers_and_back(server):
-    description = server.describe(MODEL)[0]
-    assert description["modelName"] == MODEL
-    assert description["batchSize"] == 8 and description["maxBatchDelay"] == 20
-    assert len(description["workers"]) == 1
-    server.scale(MODEL, 2, 2)
-    workers = server.describe(MODEL)[0]["workers"]
-    assert len(workers) == 2 and all(w["status"] == "READY" for w in workers)
+    server.check_model_config(MODEL)
+    server.scale_to(MODEL, 2)
     assert top_label(server.predict(MODEL, data=wav_of("noise_burst", 51))) == "noise_burst"
-    server.scale(MODEL, 1, 1)
-    workers = server.describe(MODEL)[0]["workers"]
-    assert len(workers) == 1 and workers[0]["status"] == "READY"
+    server.scale_to(MODEL, 1)
     assert top_label(server.predict(MODEL, data=wav_of("chirp_down", 52))) == "chirp_down"

@@ -59,16 +59,10 @@ def test_oversized_image_is_refused_with_413(server):
 
 
 def test_describe_then_scale_to_three_workers_and_back(server):
-    description = server.describe(MODEL)[0]
-    assert description["modelName"] == MODEL
-    assert description["batchSize"] == 8 and description["maxBatchDelay"] == 20
-    assert len(description["workers"]) == 1
-    server.scale(MODEL, 3, 3)
-    workers = server.describe(MODEL)[0]["workers"]
-    assert len(workers) == 3 and all(w["status"] == "READY" for w in workers)
+    server.check_model_config(MODEL)
+    server.scale_to(MODEL, 3)
     assert server.predict(MODEL, data=png("triangle")).status_code == 200
-    server.scale(MODEL, 1, 1)
-    assert len(server.describe(MODEL)[0]["workers"]) == 1
+    server.scale_to(MODEL, 1)
 
 
 def test_missing_or_wrong_token_is_rejected(server):

@@ -104,16 +104,8 @@ def test_truncation_is_visible_in_response_headers(server):
 
 
 def test_scale_to_two_workers_and_back(server):
-    description = server.describe(MODEL)[0]
-    assert description["modelName"] == MODEL
-    assert description["batchSize"] == 8 and description["maxBatchDelay"] == 20
-    assert len(description["workers"]) == 1
-    server.scale(MODEL, 2, 2)
-    workers = server.describe(MODEL)[0]["workers"]
-    assert len(workers) == 2 and all(worker["status"] == "READY" for worker in workers)
-    assert len({worker["pid"] for worker in workers}) == 2
+    server.check_model_config(MODEL)
+    server.scale_to(MODEL, 2)
     assert_prediction(server.predict(MODEL, json={"text": BILLING}), "billing")
-    server.scale(MODEL, 1, 1)
-    workers = server.describe(MODEL)[0]["workers"]
-    assert len(workers) == 1 and workers[0]["status"] == "READY"
+    server.scale_to(MODEL, 1)
     assert_prediction(server.predict(MODEL, json={"text": BILLING}), "billing")
