@@ -19,6 +19,11 @@ def write_samples(directory: Path, models) -> Dict[str, Path]:
 
         files["image"] = directory / "star.png"
         render_shape("star", size=128, seed=7).save(files["image"])
+    if "text" in modalities:
+        files["text"] = directory / "message.txt"
+        files["text"].write_text(SAMPLE_TEXT + "\n")
+        # Well over the demo model's 128 tokens: its answer says X-Text-Truncated: true.
+        (directory / "long_complaint.txt").write_text(" ".join([SAMPLE_TEXT] * 12) + "\n")
     if "audio" in modalities:
         import numpy as np
         import soundfile
