@@ -47,7 +47,8 @@ def curl_examples(model: str, files: Dict[str, Path], url: str, auth: str) -> Li
         return [
             f"curl {auth} {url} -T {path}                              # raw bytes",
             f"curl {auth} {url} -F data=@{path}                        # multipart",
-            f'curl {auth} {url} -H "Content-Type: application/json" -d "{{\\"data\\": \\"$(base64 -w0 {path})\\"}}"   # JSON base64',
+            # JSON goes through stdin: a file's base64 can be longer than one command-line argument may be.
+            f"(printf '{{\"data\": \"'; base64 -w0 {path}; printf '\"}}') | curl {auth} {url} -H 'Content-Type: application/json' --data-binary @-   # JSON base64",
         ]
     if modality == "text":
         return [

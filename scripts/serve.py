@@ -42,13 +42,14 @@ def main():
     inference, management = keys["inference"]["key"], keys["management"]["key"]
     auth_i, auth_m = f'-H "Authorization: Bearer {inference}"', f'-H "Authorization: Bearer {management}"'
     print("# Health")
-    print(f"curl {inference_url}/ping")
+    print(f"curl {auth_i} {inference_url}/ping")
     for model in models:
         print(f"\n# {model}")
         for line in samples.curl_examples(model, sample_files, f"{inference_url}/predictions/{model}", auth_i):
             print(line)
         print(f"curl {auth_m} {management_url}/models/{model}                     # describe")
-        print(f'curl -X PUT {auth_m} "{management_url}/models/{model}?min_worker=2&max_worker=2&synchronous=true"   # scale')
+        print(f'curl -X PUT {auth_m} "{management_url}/models/{model}?min_worker=2&max_worker=2&synchronous=true"   # scale to 2 workers')
+        print(f'curl -X PUT {auth_m} "{management_url}/models/{model}?min_worker=1&max_worker=1&synchronous=true"   # and back to 1')
     print(f"\n# Metrics (Prometheus)\ncurl {properties['metrics_address']}/metrics")
     expiry = keys["inference"].get("expiration time", "")
     print(f"\nKeys are in key_file.json; the inference and management keys expire {expiry} "
