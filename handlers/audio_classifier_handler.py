@@ -51,7 +51,7 @@ class AudioClassifierHandler(BatchClassifierHandler):
         if self.max_seconds <= 0:
             raise ValueError(f"handler.max_seconds must be positive, got {self.max_seconds}")
 
-    def prepare_item(self, payload, index: int):
+    def prepare_payload(self, payload, index: int):
         content = binary_content(payload, JSON_FIELDS, self.max_bytes, "audio file")
         try:
             clip = prepare_clip(content, self.preprocessing, self.max_seconds)

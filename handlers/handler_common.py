@@ -1,10 +1,12 @@
 """What every modality's handler shares: payload extraction, device and thread choice, per-item
 errors and top-k formatting, wrapped in one BaseHandler subclass that works on whole batches.
 
-A modality handler subclasses `BatchClassifierHandler` and overrides only `prepare_item` (bytes or
-text in, one model-ready item out) and, where items are not same-shaped tensors, `collate` and
-`forward`. TorchServe imports handler modules top-level from the archive root, so this module is
-shipped flat beside them (archive.sh) and imported as `handler_common`.
+A modality handler subclasses `BatchClassifierHandler` and overrides only `prepare_payload` (the
+request's content in, one model-ready item out; or `prepare_item`, to see the request's whole row)
+and, where items are not same-shaped tensors, `collate`, `forward` and `batch_headers`. TorchServe
+imports handler modules top-level from the archive root, so this module is shipped flat beside them
+(archive.sh) and imported as `handler_common`. TorchServe's loader also requires a handler module
+to define exactly one class: keep helper classes out of handler modules (here, or in model_defs).
 """
 import base64
 import binascii
@@ -184,12 +186,20 @@ class BatchClassifierHandler(BaseHandler):
     def load_modality(self, export) -> None:
         """Load what the modality needs besides the model (a tokenizer, a feature extractor)."""
 
-    def prepare_item(self, payload, index: int):
-        """One request's payload → (model-ready item, response headers). Raise ItemError on bad input."""
+    def prepare_item(self, row: Dict[str, Any], index: int):
+        """One request's row, as the worker hands it over → (model-ready item, response headers)."""
+        return self.prepare_payload(extract_payload(row), index)
+
+    def prepare_payload(self, payload, index: int):
+        """One request's content → (model-ready item, response headers). Raise ItemError on bad input."""
         raise NotImplementedError
 
     def collate(self, items: list):
         return torch.stack(items)
+
+    def batch_headers(self, inputs) -> List[Dict[str, str]]:
+        """Response headers known only once the batch is collated (e.g. token counts), one dict per valid item."""
+        return []
 
     def forward(self, inputs) -> torch.Tensor:
         return self.model(inputs.to(self.device, non_blocking=True))
@@ -200,7 +210,7 @@ class BatchClassifierHandler(BaseHandler):
         items = []
         for index, row in enumerate(data):
             try:
-                item, headers = self.prepare_item(extract_payload(row), index)
+                item, headers = self.prepare_item(row, index)
             except ItemError as error:
                 batch.errors[index] = error
                 continue
@@ -213,6 +223,8 @@ class BatchClassifierHandler(BaseHandler):
             batch.headers[index] = headers
         if items:
             batch.inputs = self.collate(items)
+            for index, headers in zip(batch.valid_indices, self.batch_headers(batch.inputs)):
+                batch.headers[index] = {**batch.headers[index], **headers}
         return batch
 
     def inference(self, batch: PreparedBatch, *args, **kwargs) -> PreparedBatch:

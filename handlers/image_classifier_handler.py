@@ -20,7 +20,7 @@ class ImageClassifierHandler(BatchClassifierHandler):
         self.transform = eval_transform(export.spec["preprocess"])
         self.max_pixels = int(self.settings.get("max_pixels", DEFAULT_MAX_PIXELS))
 
-    def prepare_item(self, payload, index):
+    def prepare_payload(self, payload, index):
         content = binary_content(payload, self.json_fields, self.max_bytes, "image")
         try:
             image = load_image(content, self.max_pixels)

@@ -20,7 +20,7 @@ import json
 import os
 from typing import Any, Dict, List, Tuple
 
-from handler_common import BatchClassifierHandler, ItemError, PreparedBatch, payload_too_large
+from handler_common import BatchClassifierHandler, ItemError, payload_too_large
 from model_defs.text import EncodedTexts, TextEncoder
 
 TEXT_FIELDS = ("body", "text", "data")  # where the text may be: the raw body, or a form field
@@ -29,11 +29,9 @@ FORM_URLENCODED = "application/x-www-form-urlencoded"
 TOKENS_HEADER = "X-Text-Tokens"
 TRUNCATED_HEADER = "X-Text-Truncated"
 
-# TorchServe's loader refuses a handler module that defines more than one class, so a request and a
-# collated batch travel as plain tuples:
-#   a request: (its fields by name as the worker hands them over, its media type or "" if unknown)
-#   a batch:   (the EncodedTexts, the keyword tensors the model takes: offsets, or padding + mask)
-TextRequest = Tuple[Dict[str, Any], str]
+# TorchServe's loader refuses a handler module that defines more than one class, so a collated
+# batch travels as a plain tuple: (the EncodedTexts, the keyword tensors the model takes: offsets,
+# or padding + mask).
 TextBatch = Tuple[EncodedTexts, Dict[str, Any]]
 
 JSON_TYPE_NAMES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
@@ -92,23 +90,10 @@ class TextClassifierHandler(BatchClassifierHandler):
                              f"{self.spec['arch']} model takes at most {model_limit} tokens")
 
     # ---- batch flow -----------------------------------------------------------------------------
-    def preprocess(self, data) -> PreparedBatch:
-        # The base class gives prepare_item one payload per request. A text request needs all of its
-        # fields (the text may be the body or a form field) and its Content-Type (to tell a JSON body
-        # that failed to parse, or a urlencoded body TorchServe emptied, from plain text), so each
-        # row is handed over whole, wrapped as the payload.
-        rows = [{"body": (dict(row), self.request_media_type(index))} for index, row in enumerate(data)]
-        batch = super().preprocess(rows)
-        # Token counts exist only once collate() has encoded the whole batch, so the truncation
-        # headers are added here rather than by prepare_item.
-        if batch.inputs is not None:
-            encoded, _ = batch.inputs
-            for index, kept, original in zip(batch.valid_indices, encoded.kept_lengths, encoded.original_lengths):
-                batch.headers[index] = {**batch.headers.get(index, {}), **text_headers(kept, original)}
-        return batch
-
-    def prepare_item(self, request: TextRequest, index: int):
-        text = self.request_text(request)
+    def prepare_item(self, row, index: int):
+        # The text may be the body or a form field, and the Content-Type tells a JSON body that failed
+        # to parse, or a urlencoded body TorchServe emptied, from plain text: so the whole row is read.
+        text = self.request_text(dict(row), self.request_media_type(index))
         # The encoder's own normalisation decides emptiness: whatever survives it encodes to at least
         # one token (byte-level BPE), so the model never sees an empty sequence.
         if not self.encoder.normalize(text):
@@ -118,6 +103,11 @@ class TextClassifierHandler(BatchClassifierHandler):
     def collate(self, texts: List[str]) -> TextBatch:
         encoded = self.encoder.encode_batch(texts)
         return encoded, self.model.batch_inputs(encoded.token_ids)
+
+    def batch_headers(self, batch: TextBatch) -> List[Dict[str, str]]:
+        # Token counts exist only once the whole batch is encoded.
+        encoded, _ = batch
+        return [text_headers(kept, original) for kept, original in zip(encoded.kept_lengths, encoded.original_lengths)]
 
     def forward(self, batch: TextBatch):
         _, model_inputs = batch
@@ -136,8 +126,7 @@ class TextClassifierHandler(BatchClassifierHandler):
                 return value.split(";", 1)[0].strip().lower()
         return ""
 
-    def request_text(self, request: TextRequest) -> str:
-        fields, media_type = request
+    def request_text(self, fields: Dict[str, Any], media_type: str) -> str:
         field = next((name for name in TEXT_FIELDS if fields.get(name) is not None), None)
         if field is None:
             raise missing_text_error(fields, media_type)

@@ -114,19 +114,19 @@ def test_transparency_is_composited_onto_white():
 
 def test_gif_is_read_from_its_first_frame(image_handler):
     handler, _ = image_handler
-    first_frame, _ = handler.prepare_item(bytearray(_animated_gif(STAR, render_shape("circle", size=96, seed=3))), 0)
-    only_first, _ = handler.prepare_item(bytearray(_animated_gif(STAR, STAR)), 0)
+    first_frame, _ = handler.prepare_payload(bytearray(_animated_gif(STAR, render_shape("circle", size=96, seed=3))), 0)
+    only_first, _ = handler.prepare_payload(bytearray(_animated_gif(STAR, STAR)), 0)
     assert torch.equal(first_frame, only_first)
 
 
 def test_exif_orientation_is_honoured(image_handler):
     handler, _ = image_handler
-    upright, _ = handler.prepare_item(bytearray(encode(STAR)), 0)
+    upright, _ = handler.prepare_payload(bytearray(encode(STAR)), 0)
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90° clockwise to display": the stored pixels lie on their side
     stored_sideways = encode(STAR.transpose(Image.Transpose.ROTATE_90), exif=exif)
-    restored, _ = handler.prepare_item(bytearray(stored_sideways), 0)
-    ignored, _ = handler.prepare_item(bytearray(encode(STAR.transpose(Image.Transpose.ROTATE_90))), 0)
+    restored, _ = handler.prepare_payload(bytearray(stored_sideways), 0)
+    ignored, _ = handler.prepare_payload(bytearray(encode(STAR.transpose(Image.Transpose.ROTATE_90))), 0)
     assert torch.equal(restored, upright)
     assert not torch.equal(ignored, upright)
 
