@@ -83,3 +83,19 @@ def run_batch(handler, context, rows: List[dict]) -> List[ItemResponse]:
         body = json.loads(output) if isinstance(output, (str, bytes)) else json.loads(json.dumps(output))
         responses.append(ItemResponse(status=status, headers=dict(context.get_response_headers(index)), body=body))
     return responses
+
+
+def predict(loaded_handler, *rows: dict) -> List[ItemResponse]:
+    """`run_batch` for a (handler, context) pair as `load_handler` returns it."""
+    handler, context = loaded_handler
+    return run_batch(handler, context, list(rows))
+
+
+def single(loaded_handler, row: dict) -> ItemResponse:
+    (response,) = predict(loaded_handler, row)
+    return response
+
+
+def top_label(response: ItemResponse) -> str:
+    assert response.status == 200, response.body
+    return next(iter(response.body))

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from exports import REPO_ROOT, export_dir
-from handler_harness import load_handler, run_batch, worker_row
+from handler_harness import load_handler, predict, run_batch, single, top_label, worker_row
 from model_defs.audio import AudioPreprocessing, LogMelSpectrogram, encode_audio, prepare_clip
 from model_defs.export import load_export
 from train.audio import SYNTHETIC_LABELS, generate_clip, predict_probabilities
@@ -25,21 +25,6 @@ MAX_SECONDS = MODEL_CONFIG["handler"]["max_seconds"]
 @pytest.fixture(scope="module")
 def audio_handler(tmp_path_factory):
     return load_handler(HANDLER, export_dir(MODEL), MODEL, tmp_dir=tmp_path_factory.mktemp("model"))
-
-
-def predict(audio_handler, *rows):
-    handler, context = audio_handler
-    return run_batch(handler, context, list(rows))
-
-
-def single(audio_handler, row):
-    (response,) = predict(audio_handler, row)
-    return response
-
-
-def top_label(response) -> str:
-    assert response.status == 200, response.body
-    return next(iter(response.body))
 
 
 def clip_of(class_name: str, seed: int, sample_rate: int, channels: int = 1, peak: float = 0.5) -> np.ndarray:

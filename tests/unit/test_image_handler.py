@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from exports import export_dir
-from handler_harness import load_handler, run_batch, worker_row
+from handler_harness import load_handler, predict, single, top_label, worker_row
 from model_defs.export import load_export
 from model_defs.image import eval_transform, load_image
 from train.synthetic_shapes import SHAPES, generate, render_shape
@@ -27,21 +27,6 @@ def encode(image: Image.Image, fmt="PNG", **save_args) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **save_args)
     return buffer.getvalue()
-
-
-def predict(image_handler, *rows):
-    handler, context = image_handler
-    return run_batch(handler, context, list(rows))
-
-
-def single(image_handler, row):
-    (response,) = predict(image_handler, row)
-    return response
-
-
-def top_label(response) -> str:
-    assert response.status == 200, response.body
-    return next(iter(response.body))
 
 
 STAR = render_shape("star", size=96, seed=3)
