@@ -9,7 +9,6 @@ whole process group at the end, printing TorchServe's logs when a test failed.
 import os
 import subprocess
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import List
 
 import pytest

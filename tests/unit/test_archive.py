@@ -3,9 +3,7 @@ import json
 import os
 import subprocess
 import zipfile
-from pathlib import Path
 
-import pytest
 
 from exports import REPO_ROOT, export_dir
 
