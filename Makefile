@@ -7,7 +7,7 @@ MODELS := image_classifier text_classifier audio_classifier
 
 EXPORTS  := $(MODELS:%=exports/%/model.json)
 ARCHIVES := $(MODELS:%=model_store/%.mar)
-SHARED_MODEL_DEFS := model_defs/__init__.py model_defs/registry.py model_defs/export.py train/common.py
+SHARED_TRAINING := model_defs/__init__.py model_defs/registry.py model_defs/export.py train/__init__.py train/common.py
 
 .PHONY: setup exports archives serve stop test test-unit test-live bench clean
 .DELETE_ON_ERROR:
@@ -22,13 +22,13 @@ $(SETUP): requirements.txt scripts/check_prereqs.sh
 	touch $@
 
 # A demo export is retrained when it is missing or older than the code that produced it.
-# (Train on your own data with `$(PY) train/<modality>.py --data ...`; see README.)
-exports/image_classifier/model.json: train/image.py train/synthetic_shapes.py model_defs/image.py $(SHARED_MODEL_DEFS) | $(SETUP)
-	$(PY) train/image.py
-exports/text_classifier/model.json: train/text.py model_defs/text.py $(SHARED_MODEL_DEFS) | $(SETUP)
-	$(PY) train/text.py
-exports/audio_classifier/model.json: train/audio.py model_defs/audio.py $(SHARED_MODEL_DEFS) | $(SETUP)
-	$(PY) train/audio.py
+# (Train on your own data with `$(PY) -m train.<modality> --data ...`; see README.)
+exports/image_classifier/model.json: train/image.py train/synthetic_shapes.py model_defs/image.py $(SHARED_TRAINING) | $(SETUP)
+	$(PY) -m train.image
+exports/text_classifier/model.json: train/text.py train/synthetic_messages.py model_defs/text.py $(SHARED_TRAINING) | $(SETUP)
+	$(PY) -m train.text
+exports/audio_classifier/model.json: train/audio.py train/synthetic_sounds.py model_defs/audio.py $(SHARED_TRAINING) | $(SETUP)
+	$(PY) -m train.audio
 
 exports: $(EXPORTS)
 
@@ -38,7 +38,7 @@ model_store/%.mar: exports/%/model.json configs/%.yaml archive.sh $(wildcard han
 archives: $(ARCHIVES)
 
 serve: $(ARCHIVES)
-	$(PY) scripts/serve.py
+	$(PY) -m scripts.serve
 
 stop:
 	-$(VENV)/bin/torchserve --stop
@@ -54,7 +54,7 @@ test-live: $(EXPORTS)
 
 # Throughput/latency/memory against the in-process model and TorchServe's stock handler (not a test).
 bench: $(SETUP)
-	$(PY) bench/bench.py
+	$(PY) -m bench.bench
 
 clean:
 	rm -rf exports model_store logs samples key_file.json

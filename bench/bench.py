@@ -2,8 +2,8 @@
 the same run: the model in-process (the ceiling) and TorchServe's stock `image_classifier` handler
 serving the same weights behind the same TorchServe.
 
-    .venv/bin/python bench/bench.py                    # 400 requests, 8 concurrent clients, 224x224 resnet18
-    .venv/bin/python bench/bench.py --requests 1000 --concurrency 16 --json result.json
+    .venv/bin/python -m bench.bench                    # 400 requests, 8 concurrent clients, 224x224 resnet18
+    .venv/bin/python -m bench.bench --requests 1000 --concurrency 16 --json result.json
 
 Both handlers get the same untrained resnet18 at 224x224 (resize 256, crop 224: the stock handler's
 fixed preprocessing), one worker with all cores, batchSize 8 and maxBatchDelay 20 ms. Traffic stays
@@ -15,25 +15,23 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil  # a torchserve dependency
+import requests
+import torch
+
+from bench.stock_resnet18 import NUM_CLASSES, StockResNet18
+from model_defs.export import load_export, write_export
+from model_defs.image import eval_transform, load_image, preprocess_params
+from scripts.local_torchserve import VENV_BIN, ForegroundTorchServe, describe, wait_until_ready, write_config
+from train.synthetic_shapes import SHAPES, render_shape
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-import psutil  # noqa: E402  (a torchserve dependency)
-import requests  # noqa: E402
-import torch  # noqa: E402
-
-from bench.stock_resnet18 import NUM_CLASSES, StockResNet18  # noqa: E402
-from model_defs.export import load_export, write_export  # noqa: E402
-from model_defs.image import eval_transform, load_image, preprocess_params  # noqa: E402
-from scripts.local_torchserve import VENV_BIN, ForegroundTorchServe, describe, wait_until_ready, write_config  # noqa: E402
-from train.synthetic_shapes import SHAPES, render_shape  # noqa: E402
 
 OURS, STOCK = "image_classifier", "stock_image_classifier"
 MODEL_CONFIG = "minWorkers: 1\nmaxWorkers: 1\nbatchSize: 8\nmaxBatchDelay: 20\nresponseTimeout: 120\nhandler:\n  top_k: 5\n"

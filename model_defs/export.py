@@ -2,16 +2,18 @@
 
 exports/<model>/
     weights.pt           plain state_dict (no `module.` / `_orig_mod.` prefixes), loads with weights_only=True
-    model.json           arch, model_args, preprocess parameters, labels count, versions, metrics
+    model.json           arch, model_args, preprocess parameters, labels count, versions, metrics,
+                         and the training arguments (so a run can be reproduced from its export)
     index_to_name.json   {"0": "circle", ...}, the format TorchServe's stock classifiers use
     ...                  modality extras (tokenizer.json for text)
 """
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 from torch import nn
@@ -49,6 +51,13 @@ def _package_versions(names) -> Dict[str, str]:
     return versions
 
 
+def _json_value(value: Any) -> str:
+    # Training arguments hold paths (--data, --out); any other type JSON lacks is a bug to hear of.
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"model.json cannot hold {type(value).__name__} {value!r}")
+
+
 def write_export(
     out_dir,
     model: nn.Module,
@@ -60,10 +69,14 @@ def write_export(
     preprocess: dict,
     labels: List[str],
     metrics: Optional[dict] = None,
+    training_args: Optional[Mapping[str, Any]] = None,
     extra_files: Optional[Mapping[str, Path]] = None,
     packages=("torch",),
 ) -> Path:
-    """Write weights, model.json and index_to_name.json (plus extra files) to out_dir, replacing it."""
+    """Write weights, model.json and index_to_name.json (plus extra files) to out_dir, replacing it.
+
+    `training_args` (a script's `vars(args)`; paths are written as strings) is model.json's "training".
+    """
     out_dir = Path(out_dir)
     staging = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -78,9 +91,10 @@ def write_export(
         "preprocess": preprocess,
         "num_labels": len(labels),
         "metrics": metrics or {},
+        "training": dict(training_args or {}),
         "versions": _package_versions(packages),
     }
-    (staging / MODEL_JSON).write_text(json.dumps(spec, indent=2) + "\n")
+    (staging / MODEL_JSON).write_text(json.dumps(spec, indent=2, default=_json_value) + "\n")
     (staging / LABELS_FILE).write_text(
         json.dumps({str(i): label for i, label in enumerate(labels)}, indent=2) + "\n"
     )
@@ -105,10 +119,13 @@ def read_labels(export_dir) -> List[str]:
     return [mapping[str(i)] for i in range(len(mapping))]
 
 
-def load_export(export_dir, device="cpu") -> LoadedExport:
-    """Rebuild the model from model.json, load its weights, and put it in eval mode on `device`."""
+def load_export(export_dir, device="cpu", modality: Optional[str] = None) -> LoadedExport:
+    """Rebuild the model from model.json, load its weights, and put it in eval mode on `device`.
+    With `modality`, an export of another modality is refused before anything is built."""
     export_dir = Path(export_dir)
     spec = json.loads((export_dir / MODEL_JSON).read_text())
+    if modality is not None and spec.get("modality") != modality:
+        raise ValueError(f"{export_dir / MODEL_JSON} is a {spec.get('modality')!r} export; expected a {modality!r} one")
     model = build_model(spec["arch"], modality=spec["modality"], **spec["model_args"])
     state_dict = torch.load(export_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     model.load_state_dict(state_dict)

@@ -28,7 +28,7 @@ def write_samples(directory: Path, models) -> Dict[str, Path]:
         import numpy as np
         import soundfile
 
-        from train.audio import generate_clip
+        from train.synthetic_sounds import generate_clip
 
         clip = generate_clip("chirp_up", np.random.default_rng(3), sample_rate=44100, channels=2)
         files["audio"] = directory / "chirp_up.wav"

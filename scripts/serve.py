@@ -1,19 +1,18 @@
 """`make serve`: start TorchServe in the background with config.properties, wait until every
 archived model has a READY worker, then print curl lines that work as printed (tokens included).
 
-Run from the repository root with the venv's python; `make stop` (torchserve --stop) stops it.
+Run from the repository root with the venv's python, `python -m scripts.serve`; `make stop`
+(torchserve --stop) stops it.
 """
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from scripts import samples
+from scripts.local_torchserve import VENV_BIN, read_properties, wait_until_ready
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from scripts import samples  # noqa: E402
-from scripts.local_torchserve import VENV_BIN, read_properties, wait_until_ready  # noqa: E402
-
 CONFIG = REPO_ROOT / "config.properties"
 KEY_FILE = REPO_ROOT / "key_file.json"
 READY_TIMEOUT_S = 300

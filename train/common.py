@@ -1,15 +1,126 @@
-"""Training-loop pieces every modality's script shares: seeding, the epoch loop, evaluation and
-the held-out split of a user's data set."""
+"""What every modality's training script shares: seeding, the epoch loop and evaluation, the
+metrics an export records, reading a user's folder data set and holding part of it out, and
+ending on a bad --data with one message instead of a traceback."""
+import argparse
 import os
 import random
 import time
-from typing import Callable, List, Sequence, Tuple
+from pathlib import Path
+from typing import Callable, Collection, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
+from model_defs.registry import check_architecture
 
+T = TypeVar("T")
+
+
+# ---- the command line ----------------------------------------------------------------------------
+class DataError(Exception):
+    """--data cannot be used; the message names the path and the problem."""
+
+
+def run(main: Callable, parser: argparse.ArgumentParser):
+    """A training script's entry point: parse its command line and train. A DataError ends it the
+    way argparse ends a bad argument, `<prog>: error: <message>` and exit status 2, not a traceback."""
+    args = parser.parse_args()
+    try:
+        return main(args)
+    except DataError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+
+
+def architecture_of(modality: str) -> Callable[[str], str]:
+    """An argparse type for --arch: a registered architecture of `modality`, checked before any
+    data is prepared; any other name is refused with that modality's valid choices."""
+
+    def architecture(name: str) -> str:
+        try:
+            check_architecture(name, modality)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        return name
+
+    return architecture
+
+
+def fraction(text: str) -> float:
+    """An argparse type for --heldout-fraction: a number strictly between 0 and 1."""
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+# ---- a user's data set ---------------------------------------------------------------------------
+def check_labels(names: Sequence[str], data: Path, hint: str = "") -> None:
+    """DataError unless the labels found in --data `data` make a classifier (2 or more)."""
+    if len(names) < 2:
+        raise DataError(f"--data {data}: a classifier needs at least 2 classes, found {len(names)}: {list(names)}{hint}")
+
+
+def _is_hidden(path: Path, root: Path) -> bool:
+    # .DS_Store, .git, editor swap files: not the user's data.
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def class_folders(root: Path, suffixes: Optional[Collection[str]] = None) -> Tuple[List[str], List[List[Path]]]:
+    """The classes of a folder data set, root/<class name>/<file>, and each class's files (sorted,
+    subfolders included). Hidden folders and files are skipped. `suffixes` keeps only files with
+    those endings (any case); None keeps every file, so that a stray one fails loudly when read
+    rather than being skipped. DataError unless there are 2 classes or more, each of at least 2
+    files (one to train on, one to evaluate): an empty class folder is reported, not ignored."""
+    matching = f" ending in {', '.join(sorted(suffixes))}" if suffixes else ""
+    layout = f"{root}/<class name>/<file>{matching}"
+    if not root.is_dir():
+        raise DataError(f"--data {root} is not a directory; expected {layout}")
+    class_dirs = sorted(path for path in root.iterdir() if path.is_dir() and not _is_hidden(path, root))
+    check_labels([path.name for path in class_dirs], root, hint=f"; expected {layout}")
+    files_per_class = []
+    for class_dir in class_dirs:
+        files = sorted(
+            path for path in class_dir.rglob("*")
+            if path.is_file() and not _is_hidden(path, class_dir)
+            and (suffixes is None or path.suffix.lower() in suffixes)
+        )
+        if len(files) < 2:
+            raise DataError(f"class folder {class_dir} has {len(files)} file(s){matching}; each class needs at least 2 "
+                            "(one to train on, one to evaluate)")
+        files_per_class.append(files)
+    return [path.name for path in class_dirs], files_per_class
+
+
+def split_off(items: Sequence[T], share: float, rng: random.Random) -> Tuple[List[T], List[T]]:
+    """A shuffle of `items` with `rng` into (kept, held out): about `share` held out, at least one of each."""
+    if len(items) < 2:
+        raise ValueError(f"need at least 2 items to hold some out, got {len(items)}")
+    shuffled = list(items)
+    rng.shuffle(shuffled)
+    cut = min(len(shuffled) - 1, max(1, round(len(shuffled) * share)))
+    return shuffled[cut:], shuffled[:cut]
+
+
+def heldout_split(items: Sequence[T], share: float, seed: int) -> Tuple[List[T], List[T]]:
+    """(train, held out): a seeded random `share` of `items` held out, at least one of each."""
+    return split_off(items, share, random.Random(seed))
+
+
+def per_class_heldout_split(items_per_class: Sequence[Sequence[T]], share: float,
+                            seed: int) -> Tuple[List[Tuple[T, int]], List[Tuple[T, int]]]:
+    """(train, held out) lists of (item, class index): `share` of each class held out, so every class
+    is both trained on and evaluated. Each class needs at least 2 items; its split is seeded by
+    seed + class index."""
+    train, heldout = [], []
+    for label, items in enumerate(items_per_class):
+        kept, held = heldout_split(items, share, seed + label)
+        train += [(item, label) for item in kept]
+        heldout += [(item, label) for item in held]
+    return train, heldout
+
+
+# ---- training ------------------------------------------------------------------------------------
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -21,16 +132,6 @@ def use_all_cores() -> int:
     threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
     torch.set_num_threads(threads)
     return threads
-
-
-def heldout_split(count: int, fraction: float, seed: int) -> Tuple[List[int], List[int]]:
-    """Seeded shuffle of range(count) into (train, held-out) index lists; both non-empty."""
-    if count < 2:
-        raise ValueError(f"need at least 2 examples to hold some out, got {count}")
-    order = list(range(count))
-    random.Random(seed).shuffle(order)
-    heldout = min(count - 1, max(1, round(count * fraction)))
-    return order[heldout:], order[:heldout]
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, loss_fn: Callable, forward: Callable) -> float:
@@ -88,6 +189,14 @@ def fit(model, train_loader, heldout_loader, *, epochs: int, lr: float, weight_d
     return {"heldout_accuracy": round(accuracy, 4), "train_seconds": round(time.perf_counter() - started, 1), "epochs": epochs}
 
 
-def check_labels(names: Sequence[str]) -> None:
-    if len(names) < 2:
-        raise ValueError(f"a classifier needs at least 2 classes, found {len(names)}: {list(names)}")
+# ---- what an export records ----------------------------------------------------------------------
+def export_metrics(fitted: dict, *, train_examples: int, heldout_examples: int, data: str, started: float) -> dict:
+    """The metrics every modality's model.json records: fit's, the data set's sizes and what it
+    was, and the whole run's time since `started` (a time.perf_counter())."""
+    return {**fitted, "train_examples": train_examples, "heldout_examples": heldout_examples, "data": data,
+            "total_seconds": round(time.perf_counter() - started, 1)}
+
+
+def print_summary(metrics: dict, unit: str, out: Path, detail: str = "") -> None:
+    print(f"held-out accuracy: {metrics['heldout_accuracy']:.4f} on {metrics['heldout_examples']} {unit}{detail}; "
+          f"trained in {metrics['train_seconds']:.1f}s ({metrics['total_seconds']:.1f}s in all); export: {out}")

@@ -1,38 +1,48 @@
 """Train the image classifier and export it for serving.
 
-    python train/image.py                      # demo: generated shapes, resnet18 at 32x32
-    python train/image.py --data DIR           # your ImageFolder: DIR/<class>/*.jpg
-    python train/image.py --arch resnet50 --image-size 224 --data DIR
+    python -m train.image                      # demo: generated shapes, resnet18 at 32x32
+    python -m train.image --data DIR           # your ImageFolder: DIR/<class>/*.jpg
+    python -m train.image --arch resnet50 --image-size 224 --data DIR
 
 Writes exports/image_classifier/ (weights.pt, model.json, index_to_name.json), which archive.sh packs.
 """
 import argparse
-import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+import torch
+import torchvision
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torchvision.transforms import v2
 
-import torch  # noqa: E402
-import torchvision  # noqa: E402
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset  # noqa: E402
-from torchvision.transforms import v2  # noqa: E402
+from model_defs.export import write_export
+from model_defs.image import eval_transform, load_image, preprocess_params
+from model_defs.registry import build_model
+from train import synthetic_shapes
+from train.common import (
+    OPTIMIZERS,
+    architecture_of,
+    class_folders,
+    export_metrics,
+    fit,
+    fraction,
+    per_class_heldout_split,
+    print_summary,
+    run,
+    seed_everything,
+    use_all_cores,
+)
 
-from model_defs.export import write_export  # noqa: E402
-from model_defs.image import eval_transform, load_image, preprocess_params  # noqa: E402
-from model_defs.registry import available_architectures, build_model  # noqa: E402
-from train import synthetic_shapes  # noqa: E402
-from train.common import OPTIMIZERS, check_labels, fit, heldout_split, seed_everything, use_all_cores  # noqa: E402
-
+REPO_ROOT = Path(__file__).resolve().parents[1]  # default --out is in the checkout, wherever it is run from
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 MAX_TRAIN_PIXELS = 100_000_000
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description="Train the image classifier", add_help=True)
+    parser = argparse.ArgumentParser(prog="python -m train.image", description="Train the image classifier")
     parser.add_argument("--data", type=Path, help="ImageFolder directory (one subfolder per class); default: generated shapes")
-    parser.add_argument("--arch", default="resnet18", help="any torchvision classification architecture (default resnet18)")
+    parser.add_argument("--arch", default="resnet18", type=architecture_of("image"),
+                        help="any torchvision classification architecture (default resnet18)")
     parser.add_argument("--image-size", type=int, help="crop size fed to the model (default: 32 for the demo shapes, 224 for --data)")
     parser.add_argument("--resize", type=int, help="shorter side before the centre crop (default: the image size for the demo, 256/224 of it for --data)")
     parser.add_argument("--epochs", type=int, default=3)
@@ -42,7 +52,7 @@ def get_args_parser():
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--train-size", type=int, default=5800, help="generated training images (demo data only)")
     parser.add_argument("--heldout-size", type=int, default=1200, help="generated held-out images (demo data only)")
-    parser.add_argument("--heldout-fraction", type=float, default=0.2, help="share of --data held out for accuracy")
+    parser.add_argument("--heldout-fraction", type=fraction, default=0.2, help="share of each --data class held out for accuracy")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for --data")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "exports" / "image_classifier")
@@ -78,25 +88,10 @@ class ImageFileDataset(Dataset):
         return self.transform(load_image(path.read_bytes(), MAX_TRAIN_PIXELS)), label
 
 
-def folder_samples(root: Path):
-    if not root.is_dir():
-        raise SystemExit(f"--data {root}: not a directory")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    samples = [
-        (path, label)
-        for label, name in enumerate(classes)
-        for path in sorted((root / name).rglob("*"))
-        if path.suffix.lower() in IMAGE_SUFFIXES
-    ]
-    check_labels(classes)
-    if not samples:
-        raise SystemExit(f"--data {root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in its class folders")
-    return classes, samples
-
-
 def user_datasets(args, params):
-    classes, samples = folder_samples(args.data)
-    train_idx, heldout_idx = heldout_split(len(samples), args.heldout_fraction, args.seed)
+    # Only image files are read: notes or thumbnail databases beside them are not training data.
+    classes, files_per_class = class_folders(args.data, IMAGE_SUFFIXES)
+    train, heldout = per_class_heldout_split(files_per_class, args.heldout_fraction, args.seed)
     augment = v2.Compose([
         v2.ToImage(),
         v2.RandomResizedCrop(params["crop"], scale=(0.5, 1.0), antialias=True),
@@ -104,9 +99,7 @@ def user_datasets(args, params):
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(params["mean"], params["std"]),
     ])
-    train = Subset(ImageFileDataset(samples, augment), train_idx)
-    heldout = Subset(ImageFileDataset(samples, eval_transform(params)), heldout_idx)
-    return classes, train, heldout
+    return classes, ImageFileDataset(train, augment), ImageFileDataset(heldout, eval_transform(params))
 
 
 def demo_datasets(args, params):
@@ -122,8 +115,6 @@ def demo_datasets(args, params):
 
 
 def main(args):
-    if args.arch not in available_architectures():
-        raise SystemExit(f"--arch {args.arch!r} is unknown; valid choices: {', '.join(available_architectures())}")
     seed_everything(args.seed)
     threads = use_all_cores()
     started = time.perf_counter()
@@ -144,19 +135,20 @@ def main(args):
     model_args = {"num_classes": len(classes), "image_size": args.image_size}
     model = build_model(args.arch, modality="image", **model_args)
     zero_init_residual_branches(model)
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True, **loader_args)
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True,
+                              drop_last=len(train_set) > args.batch_size, **loader_args)
     heldout_loader = DataLoader(heldout_set, batch_size=256, **loader_args)
-    metrics = fit(model, train_loader, heldout_loader, epochs=args.epochs, lr=args.lr,
-                  weight_decay=args.weight_decay, optimizer=args.optimizer, forward=image_batch, label_smoothing=0.05)
-    metrics["total_seconds"] = round(time.perf_counter() - started, 1)
-    metrics["data"] = str(args.data) if args.data else "generated shapes"
+    fitted = fit(model, train_loader, heldout_loader, epochs=args.epochs, lr=args.lr,
+                 weight_decay=args.weight_decay, optimizer=args.optimizer, forward=image_batch, label_smoothing=0.05)
+    metrics = export_metrics(fitted, train_examples=len(train_set), heldout_examples=len(heldout_set),
+                             data=str(args.data) if args.data else "generated shapes", started=started)
 
     write_export(args.out, model, name="image_classifier", modality="image", arch=args.arch,
                  model_args=model_args, preprocess=params, labels=classes, metrics=metrics,
-                 packages=("torch", "torchvision"))
-    print(f"held-out accuracy: {metrics['heldout_accuracy']:.4f} on {len(heldout_set)} images; "
-          f"trained in {metrics['train_seconds']:.0f}s ({metrics['total_seconds']:.0f}s in all); export: {args.out}")
+                 training_args=vars(args), packages=("torch", "torchvision"))
+    print_summary(metrics, "images", args.out)
+    return metrics
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run(main, get_args_parser())

@@ -10,7 +10,7 @@ import numpy as np
 import yaml
 
 from model_defs.audio import encode_audio
-from train.audio import generate_clip
+from train.synthetic_sounds import generate_clip
 
 MODEL = "audio_classifier"
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -9,11 +9,12 @@ import pytest
 import torch
 import yaml
 
-from exports import REPO_ROOT, export_dir
+from export_paths import REPO_ROOT, export_dir
 from handler_harness import load_handler, predict, run_batch, single, top_label, worker_row
 from model_defs.audio import AudioPreprocessing, LogMelSpectrogram, encode_audio, prepare_clip
 from model_defs.export import load_export
-from train.audio import SYNTHETIC_LABELS, generate_clip, predict_probabilities
+from train.audio import predict_probabilities
+from train.synthetic_sounds import SYNTHETIC_LABELS, generate_clip
 
 MODEL = "audio_classifier"
 HANDLER = "audio_classifier_handler"

@@ -1,17 +1,21 @@
-"""train/text.py: the generated data set and its held-out split, reading a user's --data file, and
-a small end-to-end training run whose export the handler serves."""
+"""train/text.py and train/synthetic_messages.py: the generated data set and its held-out split,
+reading a user's --data file, and a small end-to-end training run whose export the handler serves."""
 import csv
 import json
 import random
 import re
+import subprocess
+import sys
 
 import pytest
-import torch
 
+from export_paths import REPO_ROOT
 from handler_harness import load_handler, run_batch, worker_row
 from model_defs.export import load_export
 from model_defs.text import TOKENIZER_FILE
+from train import synthetic_messages as messages
 from train import text as train_text
+from train.common import DataError
 
 
 def parse(*argv):
@@ -20,36 +24,36 @@ def parse(*argv):
 
 # ---- generated data -----------------------------------------------------------------------------
 def test_heldout_templates_are_unseen_in_training():
-    train, heldout = train_text.split_templates(seed=0)
-    assert set(train) == set(heldout) == set(train_text.INTENTS)
+    train, heldout = messages.split_templates(seed=0)
+    assert set(train) == set(heldout) == set(messages.INTENTS)
     assert len(train) >= 6
-    for intent in train_text.INTENTS:
+    for intent in messages.INTENTS:
         assert heldout[intent] and train[intent]
         assert not set(train[intent]) & set(heldout[intent])
         # Every intent keeps some of its own phrasings out of training, not only shared frames.
-        assert set(heldout[intent]) & set(train_text.INTENTS[intent]["templates"])
+        assert set(heldout[intent]) & set(messages.INTENTS[intent]["templates"])
 
 
 def test_split_and_messages_are_seeded():
-    assert train_text.split_templates(3) == train_text.split_templates(3)
-    assert train_text.split_templates(3) != train_text.split_templates(4)
-    templates, _ = train_text.split_templates(0)
-    assert train_text.generate_messages(templates, 5, seed=1) == train_text.generate_messages(templates, 5, seed=1)
-    assert train_text.generate_messages(templates, 5, seed=1) != train_text.generate_messages(templates, 5, seed=2)
+    assert messages.split_templates(3) == messages.split_templates(3)
+    assert messages.split_templates(3) != messages.split_templates(4)
+    templates, _ = messages.split_templates(0)
+    assert messages.generate_messages(templates, 5, seed=1) == messages.generate_messages(templates, 5, seed=1)
+    assert messages.generate_messages(templates, 5, seed=1) != messages.generate_messages(templates, 5, seed=2)
 
 
 def test_every_template_fills_completely():
-    for intent, spec in train_text.INTENTS.items():
-        for template in train_text.SHARED_TEMPLATES + spec["templates"]:
+    for intent, spec in messages.INTENTS.items():
+        for template in messages.SHARED_TEMPLATES + spec["templates"]:
             for seed in range(5):
-                text = train_text.fill_template(template, intent, random.Random(seed))
+                text = messages.fill_template(template, intent, random.Random(seed))
                 assert "{" not in text and "}" not in text, (intent, template, text)
 
 
 def test_generated_messages_vary_like_real_ones():
-    templates, _ = train_text.split_templates(0)
-    texts, labels = train_text.generate_messages(templates, 300, seed=0)
-    assert len(texts) == 300 * len(train_text.INTENTS) and set(labels) == set(train_text.INTENTS)
+    templates, _ = messages.split_templates(0)
+    texts, labels = messages.generate_messages(templates, 300, seed=0)
+    assert len(texts) == 300 * len(messages.INTENTS) and set(labels) == set(messages.INTENTS)
     assert len(set(texts)) > 0.95 * len(texts)
     share = lambda predicate: sum(map(predicate, texts)) / len(texts)  # noqa: E731
     assert share(lambda t: any(ord(c) > 0x2000 for c in t)) > 0.1          # emoji
@@ -68,9 +72,9 @@ def words(text: str):
 
 def spelled_words() -> set:
     """Every word the generator's templates, phrases and asides spell correctly."""
-    sources = [*train_text.SHARED_TEMPLATES, *train_text.OPENERS, *train_text.CLOSERS, *train_text.ASIDES]
-    sources += [value for values in train_text.SLOTS.values() for value in values]
-    sources += [value for spec in train_text.INTENTS.values() for values in spec.values() for value in values]
+    sources = [*messages.SHARED_TEMPLATES, *messages.OPENERS, *messages.CLOSERS, *messages.ASIDES]
+    sources += [value for values in messages.SLOTS.values() for value in values]
+    sources += [value for spec in messages.INTENTS.values() for values in spec.values() for value in values]
     return {word for source in sources for word in words(source)}
 
 
@@ -93,7 +97,7 @@ def test_reads_json_lines_with_numeric_labels_and_blank_lines(tmp_path):
     ("tickets.csv", "message,intent\nhi,a\n", "missing label, text (found: message, intent)"),
     ("tickets.csv", "text,label\nhi,a\n,b\n", "line 3: \"text\" must be a non-empty string"),
     ("tickets.csv", "text,label\nhi,\n", "line 2: \"label\" must be a non-empty string"),
-    ("tickets.csv", "text,label\nhi,a\n", "found 1 examples; need at least 2"),
+    ("tickets.csv", "text,label\nhi,a\nyo,a\n", "a classifier needs at least 2 classes, found 1: ['a']"),
     ("tickets.jsonl", '{"text": "hi", "label": "a"}\n{"text": "yo", "label": "b"\n', "line 2 is not valid JSON"),
     ("tickets.jsonl", '["hi", "a"]\n', "line 1 is a JSON list, expected an object"),
     ("tickets.jsonl", '{"text": 5, "label": "a"}\n', "line 1: \"text\" must be a non-empty string, got 5"),
@@ -106,36 +110,42 @@ def test_bad_data_files_are_named_with_their_problem(tmp_path, name, content, me
         path.write_bytes(content)
     elif content is not None:
         path.write_text(content)
-    with pytest.raises(SystemExit) as raised:
+    with pytest.raises(DataError) as raised:
         train_text.read_labelled_texts(path)
     assert message in str(raised.value) and str(path) in str(raised.value)
 
 
-def test_unknown_architecture_lists_the_choices(tmp_path, restore_torch_threads):
-    with pytest.raises(SystemExit, match="valid choices: text_embedding_bag, text_transformer"):
-        train_text.main(parse("--arch", "text_lstm", "--out", str(tmp_path / "out")))
+@pytest.mark.parametrize("arch", ["text_lstm", "resnet18"])
+def test_an_architecture_of_no_text_model_lists_the_text_choices(arch, capsys):
+    with pytest.raises(SystemExit) as raised:
+        parse("--arch", arch)
+    assert raised.value.code == 2
+    assert f"argument --arch: unknown text model architecture '{arch}'; valid choices: text_embedding_bag, text_transformer" \
+        in capsys.readouterr().err
+
+
+def test_training_text_imports_no_image_or_audio_code():
+    # A text model needs neither torchvision nor torchaudio: building it by modality imports only its own.
+    code = ("import sys; from train import text; args = text.get_args_parser().parse_args([]); "
+            "text.build_model(args.arch, modality='text', vocab_size=10, embed_dim=4, num_classes=2); "
+            "print(sorted(m for m in ('torchvision', 'torchaudio', 'model_defs.image', 'model_defs.audio') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 # ---- end to end on a user's file ----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def user_csv(tmp_path_factory):
     """A small labelled CSV written from the generator, standing in for a user's own data."""
-    templates, _ = train_text.split_templates(0)
-    texts, labels = train_text.generate_messages({i: templates[i] for i in ("billing", "login", "shipping")}, 60, seed=5)
+    templates, _ = messages.split_templates(0)
+    texts, labels = messages.generate_messages({i: templates[i] for i in ("billing", "login", "shipping")}, 60, seed=5)
     path = tmp_path_factory.mktemp("data") / "tickets.csv"
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["text", "label"])
         writer.writerows(zip(texts, labels))
     return path
-
-
-@pytest.fixture
-def restore_torch_threads():
-    """main() sets torch's thread count for the whole process; put it back for the tests after."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("arch", ["text_embedding_bag", "text_transformer"])
@@ -147,6 +157,7 @@ def test_training_on_user_data_exports_what_the_handler_serves(tmp_path, user_cs
     spec = json.loads((out / "model.json").read_text())
     assert spec["arch"] == arch and spec["preprocess"] == {"max_tokens": 48, "lowercase": True}
     assert spec["metrics"]["data"].startswith(str(user_csv)) and spec["metrics"]["heldout_examples"] == 36
+    assert spec["training"]["data"] == str(user_csv) and spec["training"]["arch"] == arch
     assert 0.0 <= metrics["heldout_accuracy"] <= 1.0
     assert json.loads((out / "index_to_name.json").read_text()) == {"0": "billing", "1": "login", "2": "shipping"}
 

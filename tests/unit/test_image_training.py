@@ -1,0 +1,59 @@
+"""train/image.py on a user's ImageFolder: the --data path end to end, to an export the handler serves."""
+import io
+import json
+
+import pytest
+
+from handler_harness import load_handler, run_batch, worker_row
+from train import image as train_image
+from train.common import DataError
+from train.synthetic_shapes import render_shape
+
+
+def parse(*argv):
+    return train_image.get_args_parser().parse_args(list(argv))
+
+
+def test_training_on_an_image_folder_exports_a_servable_model(tmp_path, restore_torch_threads):
+    data = tmp_path / "photos"
+    for label in ("cats", "dogs"):
+        (data / label).mkdir(parents=True)
+        for i in range(6):
+            shape = "circle" if label == "cats" else "square"
+            render_shape(shape, size=40, seed=i).save(data / label / f"{i}.png")
+    (data / "dogs" / "notes.txt").write_text("not an image: skipped")
+    (data / "dogs" / "._0.png").write_bytes(b"\x00\x05\x16\x07")  # a macOS resource fork: hidden, skipped
+    out = tmp_path / "export"
+    train_image.main(parse("--data", str(data), "--out", str(out), "--epochs", "1", "--image-size", "32",
+                           "--batch-size", "4", "--workers", "0"))
+
+    spec = json.loads((out / "model.json").read_text())
+    assert spec["arch"] == "resnet18" and spec["preprocess"]["crop"] == 32 and spec["preprocess"]["resize"] == 37
+    assert json.loads((out / "index_to_name.json").read_text()) == {"0": "cats", "1": "dogs"}
+    assert 0.0 <= spec["metrics"]["heldout_accuracy"] <= 1.0
+    # A fifth of each class held out (6 images: 1), so both classes are evaluated.
+    assert spec["metrics"]["train_examples"] == 10 and spec["metrics"]["heldout_examples"] == 2
+    assert spec["training"]["resize"] == 37 and spec["training"]["data"] == str(data)
+
+    model_yaml = {"maxWorkers": 1, "handler": {"top_k": 5}}
+    handler, context = load_handler("image_classifier_handler", out, "image_classifier", model_yaml, tmp_dir=tmp_path / "m")
+    buffer = io.BytesIO()
+    render_shape("circle", size=40, seed=99).save(buffer, format="PNG")
+    (response,) = run_batch(handler, context, [worker_row(buffer.getvalue())])
+    assert response.status == 200 and set(response.body) == {"cats", "dogs"}
+
+
+def test_a_folder_without_classes_is_refused_with_a_message(tmp_path, restore_torch_threads):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="at least 2 classes"):
+        train_image.main(parse("--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o")))
+
+
+@pytest.mark.parametrize("arch", ["resnet19", "text_embedding_bag", "log_mel_cnn"])
+def test_an_architecture_of_no_image_model_lists_the_image_choices(arch, capsys):
+    with pytest.raises(SystemExit) as raised:
+        parse("--arch", arch)
+    assert raised.value.code == 2
+    error = capsys.readouterr().err
+    assert f"argument --arch: unknown image model architecture '{arch}'; valid choices: " in error
+    assert "resnet18" in error and "text_embedding_bag" not in error.split("valid choices")[1]
