@@ -6,7 +6,8 @@
 #   EXPORTS_DIR=... MODEL_STORE=... CONFIGS_DIR=... ./archive.sh
 #
 # An archive holds the weights (serialized file), the export's other files (model.json, labels,
-# tokenizer ...), the handler for the export's modality, handler_common.py, the model_defs/ package
+# tokenizer ...), the handler for the export's modality, the handlers' shared modules (handler_common.py,
+# explanations.py: every handlers/*.py that is not a modality's handler), the model_defs/ package
 # and configs/<name>.yaml as its model-config. torch-model-archiver copies an --extra-files folder's
 # contents flat, so a staging folder that *contains* model_defs/ is passed: the package survives, and
 # the .mar loads on a TorchServe whose PYTHONPATH has no checkout on it. Re-running overwrites (--force).
@@ -55,7 +56,9 @@ for name in "${names[@]}"; do
   stage=$stage_root/$name
   mkdir -p "$stage"
   cp -r "$repo/model_defs" "$stage/model_defs"
-  cp "$repo/handlers/handler_common.py" "$stage/"
+  for shared in "$repo"/handlers/*.py; do
+    [[ $shared == *_classifier_handler.py ]] || cp "$shared" "$stage/"
+  done
   find "$export_dir" -maxdepth 1 -type f ! -name weights.pt -exec cp {} "$stage/" \;
   find "$stage" -name __pycache__ -type d -prune -exec rm -rf {} +
 

@@ -10,11 +10,12 @@ Response headers tell how the clip was fitted to the window:
     X-Audio-Window-Start: where the window starts in the clip, seconds (the loudest window when cropped)
     X-Audio-Duration: duration of the clip as sent, seconds
 
-Handler settings (configs/audio_classifier.yaml, `handler:`): top_k, max_bytes, max_seconds, precision.
+Handler settings (configs/audio_classifier.yaml, `handler:`): AudioSettings below.
 """
 import torch
 
-from handler_common import BatchClassifierHandler, ItemError, binary_content
+
+from handler_common import BatchClassifierHandler, HandlerSettings, ItemError, binary_content, setting
 from model_defs.audio import (
     AudioInputError,
     AudioPreprocessing,
@@ -28,8 +29,14 @@ from model_defs.audio import (
 # large just as a body over max_bytes is, and a format outside the accepted list is a media type
 # the server does not take.
 _STATUS_BY_ERROR = {AudioTooLongError: 413, UnsupportedAudioFormatError: 415}
-JSON_FIELDS = ("data", "audio")
-DEFAULT_MAX_SECONDS = 30.0
+
+AudioSettings = HandlerSettings.extend(
+    "AudioSettings",
+    # 30 s of 48 kHz stereo float WAV is 11.0 MB; the model-config sets the same (and says why).
+    max_bytes=setting(11 * 1024 * 1024, minimum=1),
+    # Longer clips are refused (413) from the file header, before decoding.
+    max_seconds=setting(30.0, minimum=1e-3),
+)
 
 
 def format_seconds(seconds: float) -> str:
@@ -39,22 +46,17 @@ def format_seconds(seconds: float) -> str:
 
 class AudioClassifierHandler(BatchClassifierHandler):
     modality = "audio"
-    # 30 s of 48 kHz stereo float WAV is 11.0 MB; the model-config sets the same (and says why).
-    default_max_bytes = 11 * 1024 * 1024
+    settings_class = AudioSettings
+    json_fields = ("data", "audio")
 
     def load_modality(self, export) -> None:
-        if self.spec.get("modality") != "audio":
-            raise ValueError(f"{export.directory} is a {self.spec.get('modality')!r} export, not an audio one")
         self.preprocessing = AudioPreprocessing.from_dict(self.spec["preprocess"])
         self.feature_extractor = LogMelSpectrogram(self.preprocessing).to(self.device).eval()
-        self.max_seconds = float(self.settings.get("max_seconds", DEFAULT_MAX_SECONDS))
-        if self.max_seconds <= 0:
-            raise ValueError(f"handler.max_seconds must be positive, got {self.max_seconds}")
 
     def prepare_payload(self, payload, index: int):
-        content = binary_content(payload, JSON_FIELDS, self.max_bytes, "audio file")
+        content = binary_content(payload, self.json_fields, self.settings.max_bytes, "audio file")
         try:
-            clip = prepare_clip(content, self.preprocessing, self.max_seconds)
+            clip = prepare_clip(content, self.preprocessing, self.settings.max_seconds)
         except AudioInputError as error:
             raise ItemError(_STATUS_BY_ERROR.get(type(error), 400), error.error_type, str(error)) from None
         headers = {
@@ -67,3 +69,4 @@ class AudioClassifierHandler(BatchClassifierHandler):
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
         # One batched log-mel for the whole batch, on the model's device.
         return self.model(self.feature_extractor(waveforms.to(self.device, non_blocking=True)))
+

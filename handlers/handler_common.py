@@ -14,10 +14,13 @@ import http
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, fields, make_dataclass
 from typing import Any, Dict, List, Optional
 
+import psutil  # a TorchServe dependency
 import torch
+from ts.handler_utils.timer import timed
 from ts.torch_handler.base_handler import BaseHandler
 
 from model_defs.export import load_export
@@ -108,21 +111,64 @@ def choose_device(gpu_id) -> torch.device:
     return torch.device("cpu")
 
 
-def configure_threads(threads_per_worker: Optional[int], max_workers: int) -> int:
-    """Give each worker its share of the cores instead of torch's default of all of them.
-
-    With the default, N workers each start one thread per core and oversubscribe the machine
-    (measured on a 16-core host: the stock image handler went from ~30 to ~367 req/s with one
-    thread per worker). The default share is cores // maxWorkers, at least 1.
-    """
-    if not threads_per_worker:
-        threads_per_worker = max(1, (os.cpu_count() or 1) // max(1, max_workers))
-    torch.set_num_threads(threads_per_worker)
+def _is_torchserve_worker(process: psutil.Process) -> bool:
     try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:  # already set, or parallel work already started in this process
-        pass
-    return threads_per_worker
+        return any("model_service_worker" in part for part in process.cmdline())
+    except psutil.Error:  # exited while being looked at
+        return False
+
+
+def live_worker_count() -> int:
+    """How many TorchServe workers, of every model, the frontend that started this one has now.
+
+    Workers are the frontend's child processes running ts/model_service_worker.py. Every model's
+    workers count: they all compete for the same cores. Outside TorchServe (tests, the benchmark's
+    in-process run) this process is the only one, so the answer is 1.
+    """
+    try:
+        this = psutil.Process()
+        parent = this.parent()
+        if parent is None or not _is_torchserve_worker(this):
+            return 1
+        return max(1, sum(1 for child in parent.children() if _is_torchserve_worker(child)))
+    except psutil.Error:
+        return 1
+
+
+class WorkerThreads:
+    """Gives this worker its share of the cores, and keeps it as TorchServe scales workers at run time.
+
+    With torch's default (one thread per core in every worker), N workers oversubscribe the machine:
+    measured on a 16-core host, the stock image handler went from ~30 to ~367 req/s with one thread
+    per worker. The share is cores // live workers, at least 1, re-read before a batch at most every
+    `recheck_seconds`: scaling through the management API (even past maxWorkers) then keeps the total
+    within the cores. A fixed `threads_per_worker` in the model-config turns this off.
+    """
+
+    def __init__(self, fixed: Optional[int] = None, recheck_seconds: float = 2.0, cores: Optional[int] = None):
+        self.fixed, self.recheck_seconds = fixed, recheck_seconds
+        self.cores = cores or os.cpu_count() or 1
+        self.threads, self.workers, self.checked_at = 0, 0, float("-inf")
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:  # already set, or parallel work already started in this process
+            pass
+        self.follow_live_workers(force=True)
+
+    def follow_live_workers(self, force: bool = False) -> int:
+        now = time.monotonic()
+        if not force and (self.fixed or now - self.checked_at < self.recheck_seconds):
+            return self.threads
+        self.checked_at = now
+        workers = live_worker_count()
+        threads = self.fixed or max(1, self.cores // workers)
+        if (threads, workers) != (self.threads, self.workers):
+            torch.set_num_threads(threads)
+            # The live tests read this line back from the worker log: keep its wording.
+            logger.info("worker pid %d: %d torch threads (%d live workers on %d cores%s)", os.getpid(), threads,
+                        workers, self.cores, ", fixed by threads_per_worker" if self.fixed else "")
+            self.threads, self.workers = threads, workers
+        return threads
 
 
 def top_k_predictions(probabilities: torch.Tensor, labels: List[str], k: int) -> List[Dict[str, float]]:
@@ -135,6 +181,78 @@ def top_k_predictions(probabilities: torch.Tensor, labels: List[str], k: int) ->
     ]
 
 
+# ---- settings ---------------------------------------------------------------------------------
+def setting(default, *, minimum=None, choices=None):
+    """A handler setting with its default and range; HandlerSettings checks every one when it is built."""
+    return field(default=default, metadata={"minimum": minimum, "choices": choices})
+
+
+@dataclass(frozen=True)
+class HandlerSettings:
+    """The model-config's `handler:` section (configs/<model>.yaml): every key, its default and its range.
+
+    Read once, when the worker starts: an unknown key, a wrong type or a value out of range stops the
+    worker with a message naming it, instead of being ignored. A modality adds its keys with
+    `HandlerSettings.extend` (e.g. max_pixels for images).
+    """
+
+    top_k: int = setting(3, minimum=1)                            # labels in each answer
+    max_bytes: int = setting(10 * 1024 * 1024, minimum=1)         # largest request content (413 above)
+    precision: str = setting("fp32", choices=tuple(PRECISIONS))   # autocast dtype for the forward pass
+    threads_per_worker: Optional[int] = setting(None, minimum=1)  # default: cores // live workers
+    profile: bool = setting(False)                                # ts_handler_{pre,post}process/inference metrics
+
+    @classmethod
+    def from_dict(cls, values: Optional[Dict[str, Any]]) -> "HandlerSettings":
+        values = dict(values or {})
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"handler: unknown setting(s) {', '.join(map(repr, unknown))}; "
+                             f"valid settings: {', '.join(known)}")
+        return cls(**{name: _checked_setting(known[name], value) for name, value in values.items()})
+
+    @classmethod
+    def extend(cls, name: str, **defaults) -> type:
+        """A subclass with more settings: `extend("ImageSettings", max_pixels=setting(40_000_000, minimum=1))`.
+
+        Built with make_dataclass because TorchServe's loader refuses a handler module that defines a
+        second class; a setting already here (max_bytes) may be given a new default.
+        """
+        specs = [(key, _setting_type(spec.default), spec) for key, spec in defaults.items()]
+        return make_dataclass(name, specs, bases=(cls,), frozen=True)
+
+    def __post_init__(self):
+        for spec in fields(self):
+            value, minimum, choices = getattr(self, spec.name), spec.metadata.get("minimum"), spec.metadata.get("choices")
+            if value is None:
+                continue
+            if minimum is not None and value < minimum:
+                raise ValueError(f"handler: {spec.name} must be at least {minimum}, got {value}")
+            if choices is not None and value not in choices:
+                raise ValueError(f"handler: {spec.name} {value!r} is not one of {', '.join(map(str, choices))}")
+
+
+def _setting_type(default) -> type:
+    return Optional[int] if default is None else type(default)
+
+
+def _checked_setting(spec, value):
+    """`value` as the setting's type: YAML's 30 is a valid float, but True is not an int, nor "3"."""
+    expected = spec.type
+    if expected == Optional[int]:
+        if value is None:
+            return None
+        expected = int
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
+        raise ValueError(f"handler: {spec.name} must be {'a number' if expected in (int, float) else expected.__name__}"
+                         f"{' (a whole number)' if expected is int else ''}, got {value!r}")
+    return value
+
+
+# ---- the batch as it moves through the stages ---------------------------------------------------
 @dataclass
 class PreparedBatch:
     size: int
@@ -143,17 +261,33 @@ class PreparedBatch:
     errors: Dict[int, ItemError] = field(default_factory=dict)
     headers: Dict[int, Dict[str, str]] = field(default_factory=dict)
     probabilities: Optional[torch.Tensor] = None  # [len(valid_indices), num_labels], on CPU
+    answers: Dict[int, Any] = field(default_factory=dict)  # request index → its answer
+
+    def fail_valid_items(self, error: ItemError) -> None:
+        """Every item that was still going to be answered gets `error` (its batch failed after collating)."""
+        for index in self.valid_indices:
+            self.errors[index] = error
+        self.valid_indices, self.inputs, self.probabilities, self.answers = [], None, None, {}
+
+
+def internal_error() -> ItemError:
+    # Our own bug is not the client's fault: a 500 that says where to look, with no exception text or
+    # traceback in the answer (they can name files, paths and internals); the worker log has them.
+    return ItemError(500, "InternalServerError", "the model server failed while handling this request; "
+                                                  "the worker log has the details")
 
 
 class BatchClassifierHandler(BaseHandler):
     """preprocess → inference → postprocess over the whole batch, isolating bad items.
 
-    Settings come from the `handler:` section of the archive's model-config (configs/<model>.yaml):
-    top_k, max_bytes, precision (fp32|fp16|bf16), threads_per_worker, plus each modality's own.
+    A modality handler sets `modality` (the export's model.json must say the same), `settings_class`
+    (HandlerSettings, or one extended with its own keys) and `json_fields` (the JSON keys that may
+    carry its content), and overrides the hooks below.
     """
 
     modality = "input"
-    default_max_bytes = 10 * 1024 * 1024
+    settings_class = HandlerSettings
+    json_fields = ("data",)
 
     def initialize(self, context):
         # BaseHandler.initialize expects a serialized module or a model file; our archives carry a
@@ -162,25 +296,24 @@ class BatchClassifierHandler(BaseHandler):
         self.manifest = context.manifest
         properties = context.system_properties
         model_yaml = getattr(context, "model_yaml_config", None) or {}
-        self.settings = dict(model_yaml.get("handler") or {})
+        self.settings = self.settings_class.from_dict(model_yaml.get("handler"))
         self.device = choose_device(properties.get("gpu_id"))
         self.map_location = self.device.type
-        self.threads = configure_threads(self.settings.get("threads_per_worker"), int(model_yaml.get("maxWorkers", 1)))
-        precision = self.settings.get("precision", "fp32")
-        if precision not in PRECISIONS:
-            raise ValueError(f"handler.precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-        self.autocast_dtype = PRECISIONS[precision]
-        self.top_k = int(self.settings.get("top_k", 5))
-        self.max_bytes = int(self.settings.get("max_bytes", self.default_max_bytes))
+        self.worker_threads = WorkerThreads(self.settings.threads_per_worker)
+        self.autocast_dtype = PRECISIONS[self.settings.precision]
 
-        export = load_export(properties.get("model_dir"), self.device)
+        export = load_export(properties.get("model_dir"), self.device, modality=self.modality)
         self.model, self.spec, self.labels = export.model, export.spec, export.labels
         self.load_modality(export)
         self.initialized = True
         logger.info(
             "%s ready on %s: arch=%s labels=%d threads=%d precision=%s",
-            context.model_name, self.device, self.spec["arch"], len(self.labels), self.threads, precision,
+            context.model_name, self.device, self.spec["arch"], len(self.labels), self.threads, self.settings.precision,
         )
+
+    @property
+    def threads(self) -> int:
+        return self.worker_threads.threads
 
     # ---- hooks for modality handlers -------------------------------------------------------
     def load_modality(self, export) -> None:
@@ -205,6 +338,30 @@ class BatchClassifierHandler(BaseHandler):
         return self.model(inputs.to(self.device, non_blocking=True))
 
     # ---- the template methods, on whole batches ----------------------------------------------
+    def handle(self, data, context):
+        """BaseHandler.handle's flow, made to answer every request on its own: a bad item gets its 4xx,
+        and a failure in our own code answers 500 for the items it hit instead of raising (which
+        TorchServe turns into a 503 for the whole batch)."""
+        started = time.perf_counter()
+        self.context = context
+        if self._is_describe():
+            return [self.describe_handle()]
+        self.worker_threads.follow_live_workers()
+        batch = self.preprocess(data)
+        try:
+            batch = self.inference(batch)
+        except Exception:
+            logger.exception("the forward pass failed for a batch of %d", len(batch.valid_indices))
+            batch.fail_valid_items(internal_error())
+        try:
+            batch = self.postprocess(batch)
+        except Exception:
+            logger.exception("postprocessing failed for a batch of %d", batch.size)
+            batch.fail_valid_items(internal_error())
+        context.metrics.add_time("HandlerTime", round((time.perf_counter() - started) * 1000, 2), None, "ms")
+        return self.respond(batch)
+
+    @timed
     def preprocess(self, data) -> PreparedBatch:
         batch = PreparedBatch(size=len(data))
         items = []
@@ -214,19 +371,24 @@ class BatchClassifierHandler(BaseHandler):
             except ItemError as error:
                 batch.errors[index] = error
                 continue
-            except Exception as error:  # a decoder failing in a way it does not document
-                logger.warning("request %d of the batch was rejected", index, exc_info=True)
-                batch.errors[index] = ItemError(400, "InvalidInput", f"the {self.modality} could not be processed: {error}")
+            except Exception:  # a bug, not bad input: decoders raise ItemError for what the client sent
+                logger.exception("preparing request %d of the batch failed", index)
+                batch.errors[index] = internal_error()
                 continue
             items.append(item)
             batch.valid_indices.append(index)
             batch.headers[index] = headers
         if items:
-            batch.inputs = self.collate(items)
-            for index, headers in zip(batch.valid_indices, self.batch_headers(batch.inputs)):
-                batch.headers[index] = {**batch.headers[index], **headers}
+            try:
+                batch.inputs = self.collate(items)
+                for index, headers in zip(batch.valid_indices, self.batch_headers(batch.inputs)):
+                    batch.headers[index] = {**batch.headers[index], **headers}
+            except Exception:
+                logger.exception("collating a batch of %d failed", len(items))
+                batch.fail_valid_items(internal_error())
         return batch
 
+    @timed
     def inference(self, batch: PreparedBatch, *args, **kwargs) -> PreparedBatch:
         if batch.inputs is None:
             return batch
@@ -236,13 +398,22 @@ class BatchClassifierHandler(BaseHandler):
         batch.probabilities = torch.softmax(logits.float(), dim=1).cpu()
         return batch
 
-    def postprocess(self, batch: PreparedBatch) -> list:
-        responses: List[Any] = [None] * batch.size
+    @timed
+    def postprocess(self, batch: PreparedBatch) -> PreparedBatch:
         if batch.probabilities is not None:
-            for index, prediction in zip(batch.valid_indices, top_k_predictions(batch.probabilities, self.labels, self.top_k)):
-                responses[index] = prediction
-                for key, value in batch.headers.get(index, {}).items():
-                    self.context.set_response_header(index, key, value)
+            predictions = top_k_predictions(batch.probabilities, self.labels, self.settings.top_k)
+            batch.answers.update(zip(batch.valid_indices, predictions))
+        return batch
+
+    def respond(self, batch: PreparedBatch) -> list:
+        """One response per request: its answer with its headers, or its error as JSON."""
+        responses: List[Any] = [None] * batch.size
+        for index, answer in batch.answers.items():
+            if index in batch.errors:
+                continue
+            responses[index] = answer
+            for key, value in batch.headers.get(index, {}).items():
+                self.context.set_response_header(index, key, value)
         for index, error in batch.errors.items():
             self.context.set_response_status(error.status, http.HTTPStatus(error.status).phrase, index)
             self.context.set_response_content_type(index, "application/json")

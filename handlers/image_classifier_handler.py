@@ -6,26 +6,32 @@ Accepts a raw body (`curl -T x.jpg`), a multipart field (`curl -F data=@x.jpg`) 
 Each image is decoded and transformed on its own (decoding is inherently per image), then the batch
 is stacked and runs as one forward pass.
 """
-from handler_common import BatchClassifierHandler, ItemError, binary_content
+from handler_common import BatchClassifierHandler, HandlerSettings, ItemError, binary_content, setting
 from model_defs.image import ImageDecodeError, ImageTooLargeError, eval_transform, load_image
 
-DEFAULT_MAX_PIXELS = 40_000_000  # a 40 MP photo decodes to 120 MB of RGB; anything bigger is refused
+ImageSettings = HandlerSettings.extend(
+    "ImageSettings",
+    # Decoded pixels (width x height), checked from the header before decoding, so a decompression
+    # bomb costs nothing: a 40 MP photo decodes to 120 MB of RGB; anything bigger is refused (413).
+    max_pixels=setting(40_000_000, minimum=1),
+)
 
 
 class ImageClassifierHandler(BatchClassifierHandler):
     modality = "image"
+    settings_class = ImageSettings
     json_fields = ("data", "image")
 
     def load_modality(self, export):
         self.transform = eval_transform(export.spec["preprocess"])
-        self.max_pixels = int(self.settings.get("max_pixels", DEFAULT_MAX_PIXELS))
 
     def prepare_payload(self, payload, index):
-        content = binary_content(payload, self.json_fields, self.max_bytes, "image")
+        content = binary_content(payload, self.json_fields, self.settings.max_bytes, "image")
         try:
-            image = load_image(content, self.max_pixels)
+            image = load_image(content, self.settings.max_pixels)
         except ImageTooLargeError as error:
             raise ItemError(413, "ImageTooLarge", str(error)) from None
         except ImageDecodeError as error:
             raise ItemError(400, "UndecodableImage", str(error)) from None
         return self.transform(image), {}
+

@@ -20,7 +20,7 @@ import json
 import os
 from typing import Any, Dict, List, Tuple
 
-from handler_common import BatchClassifierHandler, ItemError, payload_too_large
+from handler_common import BatchClassifierHandler, HandlerSettings, ItemError, payload_too_large, setting
 from model_defs.text import EncodedTexts, TextEncoder
 
 TEXT_FIELDS = ("body", "text", "data")  # where the text may be: the raw body, or a form field
@@ -36,6 +36,14 @@ TextBatch = Tuple[EncodedTexts, Dict[str, Any]]
 
 JSON_TYPE_NAMES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
                    type(None): "null"}
+
+
+TextSettings = HandlerSettings.extend(
+    "TextSettings",
+    # Largest text, in UTF-8 bytes: a support message is far shorter, and tokenizing a whole 64 KiB
+    # text (to report its token count) stays a few milliseconds.
+    max_bytes=setting(64 * 1024, minimum=1),
+)
 
 
 def json_type_name(value) -> str:
@@ -73,11 +81,11 @@ def text_headers(kept_tokens: int, original_tokens: int) -> Dict[str, str]:
 
 
 class TextClassifierHandler(BatchClassifierHandler):
-    """Settings (model-config `handler:`): top_k, max_bytes (largest text, in UTF-8 bytes; default
-    64 KiB), precision, threads_per_worker. max_tokens and lowercasing come from the export."""
+    """Settings: TextSettings (model-config `handler:`). max_tokens and lowercasing come from the export."""
 
     modality = "text"
-    default_max_bytes = 64 * 1024
+    settings_class = TextSettings
+    json_fields = ("text",)
 
     def load_modality(self, export) -> None:
         # tokenizers encodes a batch on a Rayon thread pool sized to every core; give it this worker's
@@ -155,11 +163,12 @@ class TextClassifierHandler(BatchClassifierHandler):
                         f'expected a JSON object like {{"text": "..."}}, got a JSON {json_type_name(value)}')
 
     def json_text(self, document: dict) -> str:
-        if "text" not in document:
+        (field,) = self.json_fields
+        if field not in document:
             fields = ", ".join(sorted(map(str, document))[:10])
             has = f" (it has: {fields})" if fields else ""
-            raise ItemError(400, "MissingField", f'the JSON object has no "text" field{has}')
-        text = document["text"]
+            raise ItemError(400, "MissingField", f'the JSON object has no "{field}" field{has}')
+        text = document[field]
         if not isinstance(text, str):
             raise ItemError(400, "InvalidJSON", f'the "text" field must be a string, not a JSON {json_type_name(text)}')
         return self.checked_text(text)
@@ -176,5 +185,5 @@ class TextClassifierHandler(BatchClassifierHandler):
         return text
 
     def check_size(self, size: int) -> None:
-        if size > self.max_bytes:
-            raise payload_too_large("the text", size, self.max_bytes)
+        if size > self.settings.max_bytes:
+            raise payload_too_large("the text", size, self.settings.max_bytes)

@@ -64,6 +64,11 @@ class TorchServe:
         assert len({worker["pid"] for worker in described}) == workers, described
         return described
 
+    def model_log(self) -> str:
+        """The workers' log (their stdout and logging), where the handler reports its thread share."""
+        path = self.process.workdir / "logs" / "model_log.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
     def check_model_config(self, model: str, batch_size: int = 8, max_batch_delay: int = 20) -> dict:
         """describe answers with the archive's model-config: its batching and its one worker."""
         description = self.describe(model)[0]

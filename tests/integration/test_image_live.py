@@ -2,6 +2,9 @@
 batch, scaling through the management API, token authorization and Prometheus metrics."""
 import base64
 import io
+import os
+import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
@@ -63,6 +66,46 @@ def test_describe_then_scale_to_three_workers_and_back(server):
     server.scale_to(MODEL, 3)
     assert server.predict(MODEL, data=png("triangle")).status_code == 200
     server.scale_to(MODEL, 1)
+
+
+THREADS_LINE = re.compile(r"worker pid (\d+): (\d+) torch threads \((\d+) live workers on (\d+) cores")
+
+
+def thread_shares(model_log: str) -> dict:
+    """pid → (threads, live workers) from each worker's latest thread report in the model log."""
+    return {int(pid): (int(threads), int(workers)) for pid, threads, workers, _ in THREADS_LINE.findall(model_log)}
+
+
+def test_scaling_to_three_workers_keeps_the_threads_within_the_cores(server):
+    pids = {worker["pid"] for worker in server.scale_to(MODEL, 3)}
+    try:
+        live_workers = sum(len(server.describe(model)[0]["workers"]) for model in server.models)
+        cores = os.cpu_count()
+        expected = max(1, cores // live_workers)
+        # A worker re-reads the worker count before a batch (every 2 s at most): keep all three busy
+        # until each has reported its share since the scale-up, or give up after 60 s.
+        deadline, shares = time.monotonic() + 60, {}
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            while time.monotonic() < deadline:
+                list(pool.map(lambda _: server.predict(MODEL, data=png("star")), range(24)))
+                shares = {pid: share for pid, share in thread_shares(server.model_log()).items() if pid in pids}
+                if len(shares) == 3 and all(share == (expected, live_workers) for share in shares.values()):
+                    break
+                time.sleep(0.5)
+        assert shares == {pid: (expected, live_workers) for pid in pids}, server.model_log()[-3000:]
+    finally:
+        server.scale_to(MODEL, 1)
+
+
+def test_per_stage_timings_are_on_the_metrics_endpoint(server):
+    # configs/image_classifier.yaml sets handler.profile: true
+    assert server.predict(MODEL, data=png("ring")).status_code == 200
+    metrics = requests.get(f"{server.metrics_url}/metrics", timeout=30).text
+    for stage in ("preprocess", "inference", "postprocess"):
+        lines = [line for line in metrics.splitlines()
+                 if line.startswith(f"ts_handler_{stage}{{") and f'ModelName="{MODEL}"' in line]
+        assert lines, f"no ts_handler_{stage} for {MODEL} in /metrics"
+        assert float(lines[0].rsplit(" ", 1)[1]) > 0
 
 
 def test_missing_or_wrong_token_is_rejected(server):

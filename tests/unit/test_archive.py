@@ -5,7 +5,7 @@ import subprocess
 import zipfile
 
 
-from exports import REPO_ROOT, export_dir
+from export_paths import REPO_ROOT, export_dir
 
 ARCHIVE_SH = REPO_ROOT / "archive.sh"
 
@@ -28,6 +28,7 @@ def test_archive_is_self_contained_and_rebuildable(tmp_path):
     assert {"model_defs/__init__.py", "model_defs/registry.py", "model_defs/image.py", "handler_common.py",
             "image_classifier_handler.py", "weights.pt", "model.json", "index_to_name.json",
             "image_classifier.yaml"} <= names
+    assert not {"text_classifier_handler.py", "audio_classifier_handler.py"} & names, "one handler module per archive"
     assert manifest["model"]["handler"] == "image_classifier_handler.py"
     assert manifest["model"]["configFile"] == "image_classifier.yaml"
     assert not any("__pycache__" in name for name in names)

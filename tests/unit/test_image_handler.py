@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from exports import export_dir
+from export_paths import export_dir
 from handler_harness import load_handler, predict, single, top_label, worker_row
 from model_defs.export import load_export
 from model_defs.image import eval_transform, load_image
@@ -174,7 +174,7 @@ def test_answer_is_top_k_labels_highest_first(image_handler):
     handler, _ = image_handler
     response = single(image_handler, worker_row(encode(STAR)))
     probabilities = list(response.body.values())
-    assert len(response.body) == handler.top_k == 3
+    assert len(response.body) == handler.settings.top_k == 3
     assert probabilities == sorted(probabilities, reverse=True)
     assert set(response.body) <= set(SHAPES)
     assert 0.0 < sum(probabilities) <= 1.0 + 1e-6
