@@ -25,18 +25,8 @@ from model_defs.audio import AudioInputError, AudioPreprocessing, LogMelSpectrog
 from model_defs.export import write_export
 from model_defs.registry import build_model
 from train import synthetic_sounds
-from train.common import (
-    OPTIMIZERS,
-    DataError,
-    class_folders,
-    export_metrics,
-    fit,
-    fraction,
-    per_class_heldout_split,
-    print_summary,
-    run,
-    seed_everything,
-)
+from train.common import (OPTIMIZERS, DataError, class_folders, export_metrics, fit, fraction,
+                         per_class_heldout_split, print_summary, run, seed_everything)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]  # default --out is in the checkout, wherever it is run from
 MODEL_NAME = "audio_classifier"

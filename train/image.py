@@ -19,19 +19,8 @@ from model_defs.export import write_export
 from model_defs.image import eval_transform, load_image, preprocess_params
 from model_defs.registry import build_model
 from train import synthetic_shapes
-from train.common import (
-    OPTIMIZERS,
-    architecture_of,
-    class_folders,
-    export_metrics,
-    fit,
-    fraction,
-    per_class_heldout_split,
-    print_summary,
-    run,
-    seed_everything,
-    use_all_cores,
-)
+from train.common import (OPTIMIZERS, architecture_of, class_folders, export_metrics, fit, fraction,
+                         per_class_heldout_split, print_summary, run, seed_everything, use_all_cores)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]  # default --out is in the checkout, wherever it is run from
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
