@@ -10,10 +10,16 @@ Response headers tell how the clip was fitted to the window:
     X-Audio-Window-Start: where the window starts in the clip, seconds (the loudest window when cropped)
     X-Audio-Duration: duration of the clip as sent, seconds
 
+Explanations (/explanations/audio_classifier) attribute the log-mel features the model sees, against
+the log-mel of silence, and answer the importance per time frame and per mel band, with the frame
+hop in seconds (add X-Audio-Window-Start to place a frame in the clip), plus a PNG of the
+spectrogram with the attributions over it on request (`visualize=true`).
+
 Handler settings (configs/audio_classifier.yaml, `handler:`): AudioSettings below.
 """
 import torch
 
+from explanations import AttributionInput, new_figure, png_base64, round_floats
 
 from handler_common import BatchClassifierHandler, HandlerSettings, ItemError, binary_content, setting
 from model_defs.audio import (
@@ -70,3 +76,39 @@ class AudioClassifierHandler(BatchClassifierHandler):
         # One batched log-mel for the whole batch, on the model's device.
         return self.model(self.feature_extractor(waveforms.to(self.device, non_blocking=True)))
 
+    def attribution_input(self, batch, position):
+        # Attributed on the log-mel features, not the raw samples: frames and bands are what a person
+        # can read, and silence (the log-mel of zeros) is the natural "no evidence" baseline.
+        waveform = batch.inputs[position:position + 1].to(self.device)
+        with torch.no_grad():
+            features = self.feature_extractor(waveform)
+            silence = self.feature_extractor(torch.zeros_like(waveform))
+        return AttributionInput(features, silence, self.model)
+
+    def explanation_fields(self, attributions, source, batch, position, options):
+        per_cell = attributions[0, 0]  # [n_mels, frames]
+        hop_seconds = self.preprocessing.hop_length / self.preprocessing.sample_rate
+        fields = {
+            "frame_hop_seconds": hop_seconds,
+            "frames": round_floats(per_cell.sum(dim=0)),     # importance of each time frame, over all bands
+            "mel_bands": round_floats(per_cell.sum(dim=1)),  # importance of each mel band, low to high
+        }
+        if options.visualize:
+            fields["spectrogram_png"] = self.spectrogram_png(source.inputs[0, 0], per_cell, hop_seconds)
+        return fields
+
+    @staticmethod
+    def spectrogram_png(log_mel: torch.Tensor, attributions: torch.Tensor, hop_seconds: float) -> str:
+        """The log-mel spectrogram in grey, with the attributions over it (red: for, blue: against)."""
+        figure = new_figure(8, 3.5)
+        axis = figure.subplots()
+        extent = (0.0, log_mel.shape[1] * hop_seconds, 0, log_mel.shape[0])
+        axis.imshow(log_mel.cpu().numpy(), origin="lower", aspect="auto", cmap="gray", extent=extent)
+        limit = float(attributions.abs().max()) or 1.0
+        overlay = axis.imshow(attributions.cpu().numpy(), origin="lower", aspect="auto", cmap="bwr", alpha=0.55,
+                              vmin=-limit, vmax=limit, extent=extent)
+        figure.colorbar(overlay, ax=axis, label="attribution")
+        axis.set_xlabel("seconds into the window")
+        axis.set_ylabel("mel band")
+        axis.set_title("log-mel spectrogram and attributions")
+        return png_base64(figure)

@@ -23,6 +23,16 @@ import torch
 from ts.handler_utils.timer import timed
 from ts.torch_handler.base_handler import BaseHandler
 
+from explanations import (
+    METHODS,
+    AttributionCost,
+    AttributionInput,
+    ExplanationOptions,
+    OptionError,
+    attribute,
+    request_options,
+    target_index,
+)
 from model_defs.export import load_export
 
 logger = logging.getLogger(__name__)
@@ -201,6 +211,16 @@ class HandlerSettings:
     precision: str = setting("fp32", choices=tuple(PRECISIONS))   # autocast dtype for the forward pass
     threads_per_worker: Optional[int] = setting(None, minimum=1)  # default: cores // live workers
     profile: bool = setting(False)                                # ts_handler_{pre,post}process/inference metrics
+    # Explanations (/explanations/<model>); a request may choose method and noise_tunnel, never the cost.
+    explain_method: str = setting("integrated_gradients", choices=METHODS)
+    explain_noise_tunnel: bool = setting(False)                   # SmoothGrad around the method
+    explain_steps: int = setting(50, minimum=2)                   # Integrated Gradients' path steps
+    explain_samples: int = setting(16, minimum=2)                 # GradientShap baselines / SmoothGrad copies
+    explain_internal_batch_size: int = setting(16, minimum=1)     # forwards evaluated together
+    explain_noise_level: float = setting(0.1, minimum=1e-6)       # SmoothGrad noise, share of the input's range
+    # Seconds one batch may spend on explanations; requests past it get a 503 to retry, so that the
+    # predictions batched with them are answered well within responseTimeout.
+    explain_budget_seconds: float = setting(10.0, minimum=0.1)
 
     @classmethod
     def from_dict(cls, values: Optional[Dict[str, Any]]) -> "HandlerSettings":
@@ -270,6 +290,11 @@ class PreparedBatch:
         self.valid_indices, self.inputs, self.probabilities, self.answers = [], None, None, {}
 
 
+def over_budget_error(budget_seconds: float) -> ItemError:
+    return ItemError(503, "ExplanationBudgetSpent",
+                     f"this batch spent its {budget_seconds:g} s explanation budget before reaching this request; retry it")
+
+
 def internal_error() -> ItemError:
     # Our own bug is not the client's fault: a 500 that says where to look, with no exception text or
     # traceback in the answer (they can name files, paths and internals); the worker log has them.
@@ -288,6 +313,9 @@ class BatchClassifierHandler(BaseHandler):
     modality = "input"
     settings_class = HandlerSettings
     json_fields = ("data",)
+    # Why /explanations cannot be served by this worker (e.g. a runtime Captum cannot differentiate),
+    # as the 400 answer's message; None when it can.
+    explanations_unavailable: Optional[str] = None
 
     def initialize(self, context):
         # BaseHandler.initialize expects a serialized module or a model file; our archives carry a
@@ -337,11 +365,24 @@ class BatchClassifierHandler(BaseHandler):
     def forward(self, inputs) -> torch.Tensor:
         return self.model(inputs.to(self.device, non_blocking=True))
 
+    def attribution_input(self, batch: "PreparedBatch", position: int) -> AttributionInput:
+        """What Captum attributes for the valid item at `position` of the collated batch. The default
+        suits a model that takes the collated tensor itself: that tensor, with zeros as its baseline."""
+        inputs = batch.inputs[position:position + 1].to(self.device)
+        return AttributionInput(inputs, torch.zeros_like(inputs), self.model)
+
+    def explanation_fields(self, attributions: torch.Tensor, source: AttributionInput, batch: "PreparedBatch",
+                           position: int, options: ExplanationOptions) -> Dict[str, Any]:
+        """The modality's part of an explanation: its attributions laid out for a person (a grid over
+        the image, one value per token, per frame and mel band), and a PNG when options.visualize."""
+        raise NotImplementedError(f"{type(self).__name__} does not lay out explanations")
+
     # ---- the template methods, on whole batches ----------------------------------------------
     def handle(self, data, context):
         """BaseHandler.handle's flow, made to answer every request on its own: a bad item gets its 4xx,
-        and a failure in our own code answers 500 for the items it hit instead of raising (which
-        TorchServe turns into a 503 for the whole batch)."""
+        an explanation request (its own `explain` header, not request 0's) gets its explanation while
+        its batch neighbours get predictions, and a failure in our own code answers 500 for the items
+        it hit instead of raising (which TorchServe turns into a 503 for the whole batch)."""
         started = time.perf_counter()
         self.context = context
         if self._is_describe():
@@ -358,8 +399,25 @@ class BatchClassifierHandler(BaseHandler):
         except Exception:
             logger.exception("postprocessing failed for a batch of %d", batch.size)
             batch.fail_valid_items(internal_error())
+        explained = [index for index in batch.valid_indices if self.is_explanation(index)]
+        if explained:
+            self.explain_batch(batch, data, explained)
         context.metrics.add_time("HandlerTime", round((time.perf_counter() - started) * 1000, 2), None, "ms")
         return self.respond(batch)
+
+    def request_headers(self, index: int) -> Dict[str, Any]:
+        """Request `index`'s HTTP headers as the worker received them ({} where the context has none)."""
+        try:
+            return self.context.get_all_request_header(index) or {}
+        except (AttributeError, IndexError, KeyError, TypeError):
+            return {}
+
+    def is_explanation(self, index: int) -> bool:
+        """TorchServe's frontend marks each /explanations request with the header `explain: True`."""
+        try:
+            return self.context.get_request_header(index, "explain") == "True"
+        except (AttributeError, IndexError, KeyError, TypeError):  # a context without request headers
+            return False
 
     @timed
     def preprocess(self, data) -> PreparedBatch:
@@ -404,6 +462,47 @@ class BatchClassifierHandler(BaseHandler):
             predictions = top_k_predictions(batch.probabilities, self.labels, self.settings.top_k)
             batch.answers.update(zip(batch.valid_indices, predictions))
         return batch
+
+    @timed
+    def explain_batch(self, batch: PreparedBatch, data: list, indices: List[int]) -> None:
+        """Replace the predictions of `indices` by their explanations, one request at a time (each has
+        its own target and options), within the batch's time budget."""
+        started, budget = time.perf_counter(), self.settings.explain_budget_seconds
+        for count, index in enumerate(indices):
+            spent = time.perf_counter() - started
+            # Stop before an explanation that would likely overrun: the last one's cost is the estimate.
+            if count and spent + spent / count > budget:
+                batch.errors[index] = over_budget_error(budget)
+                continue
+            try:
+                batch.answers[index] = self.explain_item(batch, index, data[index])
+            except (ItemError, OptionError) as error:
+                batch.errors[index] = error if isinstance(error, ItemError) else ItemError(400, "InvalidExplanationOptions", str(error))
+            except Exception:
+                logger.exception("explaining request %d of the batch failed", index)
+                batch.errors[index] = internal_error()
+
+    def explain_item(self, batch: PreparedBatch, index: int, row: Dict[str, Any]) -> Dict[str, Any]:
+        if self.explanations_unavailable:
+            raise ItemError(400, "ExplanationsUnavailable", self.explanations_unavailable)
+        options = request_options(row, self.request_headers(index), self.settings.explain_method,
+                                  self.settings.explain_noise_tunnel)
+        position = batch.valid_indices.index(index)
+        probabilities = batch.probabilities[position]
+        target = target_index(options.target, self.labels, int(probabilities.argmax()))
+        source = self.attribution_input(batch, position)
+        cost = AttributionCost(self.settings.explain_steps, self.settings.explain_samples,
+                               self.settings.explain_internal_batch_size, self.settings.explain_noise_level)
+        attributions, delta = attribute(source, target, options.method, options.noise_tunnel, cost)
+        return {
+            "target": self.labels[target],
+            "target_index": target,
+            "probability": round(float(probabilities[target]), 6),
+            "method": options.method,
+            "noise_tunnel": options.noise_tunnel,
+            "convergence_delta": None if delta is None else round(delta, 6),
+            **self.explanation_fields(attributions, source, batch, position, options),
+        }
 
     def respond(self, batch: PreparedBatch) -> list:
         """One response per request: its answer with its headers, or its error as JSON."""

@@ -5,7 +5,15 @@ Accepts a raw body (`curl -T x.jpg`), a multipart field (`curl -F data=@x.jpg`) 
 (first frame), BMP, TIFF; grayscale, RGBA and palette images; EXIF orientation is honoured.
 Each image is decoded and transformed on its own (decoding is inherently per image), then the batch
 is stacked and runs as one forward pass.
+
+Explanations (/explanations/image_classifier) attribute the model's input pixels against a
+mean-grey image (zeros after normalisation) and answer a coarse grid of attributions, summed over
+the channels and over each cell, plus a PNG heat map over the image on request (`visualize=true`).
 """
+import torch
+import torch.nn.functional as F
+
+from explanations import new_figure, png_base64, round_floats
 from handler_common import BatchClassifierHandler, HandlerSettings, ItemError, binary_content, setting
 from model_defs.image import ImageDecodeError, ImageTooLargeError, eval_transform, load_image
 
@@ -14,6 +22,9 @@ ImageSettings = HandlerSettings.extend(
     # Decoded pixels (width x height), checked from the header before decoding, so a decompression
     # bomb costs nothing: a 40 MP photo decodes to 120 MB of RGB; anything bigger is refused (413).
     max_pixels=setting(40_000_000, minimum=1),
+    # Cells per side of an explanation's attribution grid (14: 16-pixel cells on a 224 input). A
+    # grid, not every pixel: TorchServe's stock answer of ~150k floats hits response-size limits.
+    explain_grid=setting(14, minimum=1),
 )
 
 
@@ -35,3 +46,33 @@ class ImageClassifierHandler(BatchClassifierHandler):
             raise ItemError(400, "UndecodableImage", str(error)) from None
         return self.transform(image), {}
 
+    def explanation_fields(self, attributions, source, batch, position, options):
+        pixels = attributions[0].sum(dim=0)  # [H, W], summed over the channels
+        height, width = pixels.shape
+        rows, columns = min(self.settings.explain_grid, height), min(self.settings.explain_grid, width)
+        # Mean over each cell times its area: the cell's sum (exact when the cells divide the image).
+        grid = F.adaptive_avg_pool2d(pixels[None, None], (rows, columns))[0, 0] * (height * width / (rows * columns))
+        fields = {
+            "attributions": round_floats(grid),
+            "grid": {"rows": rows, "columns": columns, "input_size": [height, width],
+                     "cell_pixels": [round(height / rows, 3), round(width / columns, 3)]},
+        }
+        if options.visualize:
+            fields["heatmap_png"] = self.heatmap_png(attributions[0], source.inputs[0])
+        return fields
+
+    def heatmap_png(self, attributions: torch.Tensor, normalized_image: torch.Tensor) -> str:
+        """The positive and negative attributions blended over the image the model saw, as base64 PNG."""
+        from captum.attr import visualization
+
+        params = self.spec["preprocess"]
+        mean = torch.tensor(params["mean"], device=normalized_image.device)[:, None, None]
+        std = torch.tensor(params["std"], device=normalized_image.device)[:, None, None]
+        image = (normalized_image * std + mean).clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+        figure = new_figure(4, 4)
+        visualization.visualize_image_attr(
+            attributions.permute(1, 2, 0).cpu().numpy(), image, method="blended_heat_map", sign="all",
+            plt_fig_axis=(figure, figure.subplots()), show_colorbar=True, use_pyplot=False,
+            title="attributions (green: for the target, red: against)",
+        )
+        return png_base64(figure)

@@ -15,11 +15,18 @@ A request that is not usable text gets a 4xx answer with a JSON body naming the 
 rest of its batch is still served: invalid UTF-8, an empty or whitespace-only text, invalid JSON,
 a JSON body that is not an object with a string "text", no text field at all, and a text over the
 handler's max_bytes (413).
+
+Explanations (/explanations/text_classifier) attribute each kept token's embedding, before the model
+pools them, against zero embeddings, and answer one value per token with the token's characters
+and their start/end offsets in the text as sent, ready to highlight words in a user interface.
 """
 import json
 import os
 from typing import Any, Dict, List, Tuple
 
+import torch
+
+from explanations import AttributionInput
 from handler_common import BatchClassifierHandler, HandlerSettings, ItemError, payload_too_large, setting
 from model_defs.text import EncodedTexts, TextEncoder
 
@@ -30,9 +37,9 @@ TOKENS_HEADER = "X-Text-Tokens"
 TRUNCATED_HEADER = "X-Text-Truncated"
 
 # TorchServe's loader refuses a handler module that defines more than one class, so a collated
-# batch travels as a plain tuple: (the EncodedTexts, the keyword tensors the model takes: offsets,
-# or padding + mask).
-TextBatch = Tuple[EncodedTexts, Dict[str, Any]]
+# batch travels as a plain tuple: (the texts as sent, the EncodedTexts, the keyword tensors the model
+# takes: offsets, or padding + mask).
+TextBatch = Tuple[List[str], EncodedTexts, Dict[str, Any]]
 
 JSON_TYPE_NAMES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
                    type(None): "null"}
@@ -110,25 +117,48 @@ class TextClassifierHandler(BatchClassifierHandler):
 
     def collate(self, texts: List[str]) -> TextBatch:
         encoded = self.encoder.encode_batch(texts)
-        return encoded, self.model.batch_inputs(encoded.token_ids)
+        return texts, encoded, self.model.batch_inputs(encoded.token_ids)
 
     def batch_headers(self, batch: TextBatch) -> List[Dict[str, str]]:
         # Token counts exist only once the whole batch is encoded.
-        encoded, _ = batch
+        _, encoded, _ = batch
         return [text_headers(kept, original) for kept, original in zip(encoded.kept_lengths, encoded.original_lengths)]
 
     def forward(self, batch: TextBatch):
-        _, model_inputs = batch
+        _, _, model_inputs = batch
         return self.model(**{name: tensor.to(self.device, non_blocking=True) for name, tensor in model_inputs.items()})
+
+    # ---- explanations: one attribution per token, before any pooling ----------------------------
+    def attribution_input(self, batch, position):
+        _, encoded, _ = batch.inputs
+        token_ids = torch.tensor([encoded.token_ids[position]], dtype=torch.long, device=self.device)
+        with torch.no_grad():
+            embeddings = self.model.token_embeddings(token_ids)
+        # Zero embeddings: every token's evidence removed, the text's length kept.
+        return AttributionInput(embeddings, torch.zeros_like(embeddings), self.model.classify_token_embeddings)
+
+    def explanation_fields(self, attributions, source, batch, position, options):
+        texts, encoded, _ = batch.inputs
+        located = self.encoder.token_spans(texts[position])
+        if located.token_ids != encoded.token_ids[position]:
+            raise RuntimeError("the tokens located for the explanation differ from the ones classified")
+        text = texts[position] if located.in_original else located.normalized
+        per_token = attributions[0].sum(dim=-1).tolist()
+        fields = {
+            "tokens": [{"token": text[start:end], "start": start, "end": end, "attribution": round(value, 6)}
+                       for (start, end), value in zip(located.spans, per_token)],
+            # Spans index the text as sent; for the rare text whose Unicode normalisation cannot be
+            # traced character by character, they index the normalised text, given here.
+            "offsets_in": "text" if located.in_original else "normalized_text",
+        }
+        if not located.in_original:
+            fields["normalized_text"] = located.normalized
+        return fields
 
     # ---- one request's text ---------------------------------------------------------------------
     def request_media_type(self, index: int) -> str:
         """The request's Content-Type without parameters, lower-case; "" when the worker gave none."""
-        try:
-            headers = self.context.get_all_request_header(index) or {}
-        except (AttributeError, IndexError, TypeError):  # no request headers in this context
-            return ""
-        for name, value in headers.items():
+        for name, value in self.request_headers(index).items():
             # Field names map to dicts of their own headers; the HTTP headers are the strings.
             if isinstance(value, str) and name.lower() == "content-type":
                 return value.split(";", 1)[0].strip().lower()

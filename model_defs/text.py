@@ -13,9 +13,10 @@ import itertools
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import nn
 
@@ -32,6 +33,38 @@ def normalize_text(text: str, lowercase: bool = True) -> str:
     if lowercase:
         text = text.casefold()
     return " ".join(text.split())
+
+
+def normalize_with_origins(text: str, lowercase: bool = True) -> Tuple[str, List[int]]:
+    """`normalize_text` character by character, with the index in `text` each output character came
+    from, so a span of the normalised text maps back to the text as the user wrote it. Where NFKC
+    composes across characters (combining accents), per-character normalisation differs from the
+    whole-text one: callers compare the result with `normalize_text` before trusting the origins."""
+    characters, origins = [], []
+    for index, character in enumerate(text):
+        piece = unicodedata.normalize("NFKC", character)
+        for normalized in piece.casefold() if lowercase else piece:
+            if not normalized.isspace():
+                characters.append(normalized)
+                origins.append(index)
+            elif characters and characters[-1] != " ":
+                characters.append(" ")
+                origins.append(index)
+    if characters and characters[-1] == " ":
+        characters.pop()
+        origins.pop()
+    return "".join(characters), origins
+
+
+@dataclass(frozen=True)
+class TokenSpans:
+    """One text's kept tokens with where each lies: in the text as sent when `in_original`, else (a
+    text whose normalisation cannot be traced character by character) in `normalized`."""
+
+    token_ids: List[int]
+    spans: List[Tuple[int, int]]
+    in_original: bool
+    normalized: str
 
 
 def train_tokenizer(normalized_texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
@@ -116,6 +149,23 @@ class TextEncoder:
             original_lengths=[len(encoding.ids) for encoding in encodings],
         )
 
+    def token_spans(self, text: str) -> TokenSpans:
+        """The tokens `encode_batch` gives `text` (truncated alike), each with its character span, for
+        highlighting words in a user interface. A span excludes the space the token starts with."""
+        normalized = self.normalize(text)
+        traced, origins = normalize_with_origins(text, self.lowercase)
+        encoding = self.tokenizer.encode(normalized, add_special_tokens=False)
+        spans = []
+        for start, end in encoding.offsets[: self.max_tokens]:
+            while start < end - 1 and normalized[start].isspace():
+                start += 1
+            spans.append((start, end))
+        in_original = traced == normalized
+        if in_original:
+            spans = [(origins[start], origins[end - 1] + 1) if end > start else (origins[start], origins[start])
+                     for start, end in spans]
+        return TokenSpans(encoding.ids[: self.max_tokens], spans, in_original, normalized)
+
     def decode(self, token_ids: Sequence[int]) -> str:
         text = self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
         # The space the pre-tokenizer put before the first word; normalised text never starts with one.
@@ -148,6 +198,16 @@ class EmbeddingBagClassifier(nn.Module):
 
     def forward(self, token_ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(self.embedding(token_ids, offsets)))
+
+    # Explanations attribute each token's embedding before the mean pools them: the same model, split
+    # where the tokens are still apart (a unit test checks it matches forward).
+    def token_embeddings(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """[texts, tokens] → [texts, tokens, embed_dim]"""
+        return F.embedding(token_ids, self.embedding.weight)
+
+    def classify_token_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """[texts, tokens, embed_dim] of unpadded texts → logits"""
+        return self.classifier(self.dropout(embeddings.mean(dim=1)))
 
 
 @register("text_transformer")
@@ -182,8 +242,19 @@ class TransformerClassifier(nn.Module):
         return {"token_ids": padded, "padding_mask": torch.arange(padded.shape[1]) >= lengths[:, None]}
 
     def forward(self, token_ids: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(token_ids.shape[1], device=token_ids.device)
-        hidden = self.token_embedding(token_ids) + self.position_embedding(positions)
+        return self.classify_token_embeddings(self.token_embeddings(token_ids), padding_mask)
+
+    # Split where the tokens are still apart, so that explanations attribute each token's embedding.
+    def token_embeddings(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """[texts, tokens] → [texts, tokens, embed_dim]"""
+        return self.token_embedding(token_ids)
+
+    def classify_token_embeddings(self, embeddings: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """[texts, tokens, embed_dim] → logits; no padding_mask: every token is real."""
+        if padding_mask is None:
+            padding_mask = torch.zeros(embeddings.shape[:2], dtype=torch.bool, device=embeddings.device)
+        positions = torch.arange(embeddings.shape[1], device=embeddings.device)
+        hidden = embeddings + self.position_embedding(positions)
         hidden = self.norm(self.encoder(hidden, src_key_padding_mask=padding_mask))
         keep = (~padding_mask).unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)

@@ -10,7 +10,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import yaml
 from ts.context import Context, RequestProcessor
@@ -71,8 +71,14 @@ class ItemResponse:
     body: object  # the parsed JSON answer
 
 
-def run_batch(handler, context, rows: List[dict]) -> List[ItemResponse]:
-    context.request_processor = [RequestProcessor({}) for _ in rows]
+def run_batch(handler, context, rows: List[dict], explain: Sequence[bool] = (),
+              headers: Sequence[Dict[str, str]] = ()) -> List[ItemResponse]:
+    """`explain[i]` marks request i as TorchServe's frontend marks an /explanations request;
+    `headers[i]` are request i's HTTP headers."""
+    explain = list(explain) or [False] * len(rows)
+    headers = list(headers) or [{} for _ in rows]
+    context.request_processor = [RequestProcessor({**own, **({"explain": "True"} if flag else {})})
+                                 for flag, own in zip(explain, headers)]
     context.request_ids = {i: f"request-{i}" for i in range(len(rows))}
     context.metrics.request_ids = context.request_ids
     outputs = handler.handle(rows, context)
@@ -89,6 +95,12 @@ def predict(loaded_handler, *rows: dict) -> List[ItemResponse]:
     """`run_batch` for a (handler, context) pair as `load_handler` returns it."""
     handler, context = loaded_handler
     return run_batch(handler, context, list(rows))
+
+
+def explain(loaded_handler, *rows: dict) -> List[ItemResponse]:
+    """`run_batch` with every request sent to /explanations."""
+    handler, context = loaded_handler
+    return run_batch(handler, context, list(rows), explain=[True] * len(rows))
 
 
 def single(loaded_handler, row: dict) -> ItemResponse:

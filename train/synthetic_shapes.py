@@ -88,34 +88,43 @@ def _contrasting_colour(rng: random.Random, background: Image.Image) -> Tuple[in
 
 def render_shape(shape: str, size: int = 64, seed: int = 0) -> Image.Image:
     """One RGB image of `shape` (one of SHAPES), deterministic for (shape, size, seed)."""
+    return render_shape_with_mask(shape, size, seed)[0]
+
+
+def render_shape_with_mask(shape: str, size: int = 64, seed: int = 0) -> Tuple[Image.Image, np.ndarray]:
+    """`render_shape`'s image and where the shape is in it: a [size, size] float mask in [0, 1] (the
+    share of each pixel the shape covers), e.g. to check that explanations point at the shape."""
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; valid choices: {', '.join(SHAPES)}")
     rng = random.Random(f"{shape}:{size}:{seed}")
     big = size * SUPERSAMPLE
     image = _background(rng, size).resize((big, big), Image.NEAREST)
-    draw = ImageDraw.Draw(image)
+    mask = Image.new("L", (big, big), 0)
     radius = rng.uniform(0.3, 0.46) * big  # 60-92% of the image wide: a star stays a star at 32 px
     cx = rng.uniform(radius, big - radius)
     cy = rng.uniform(radius, big - radius)
     rotation = rng.uniform(0, 2 * math.pi)
     colour = _contrasting_colour(rng, image)
-    if shape == "circle":
-        draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=colour)
-    elif shape == "ring":
-        width = max(2, int(radius * rng.uniform(0.22, 0.4)))
-        draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], outline=colour, width=width)
-    elif shape == "square":
-        draw.polygon(_regular_polygon(cx, cy, radius, 4, rotation), fill=colour)
-    elif shape == "triangle":
-        draw.polygon(_regular_polygon(cx, cy, radius, 3, rotation), fill=colour)
-    elif shape == "star":
-        draw.polygon(_star(cx, cy, radius, rotation), fill=colour)
-    elif shape == "cross":
-        draw.polygon(_cross(cx, cy, radius, rotation), fill=colour)
+    ring_width = max(2, int(radius * rng.uniform(0.22, 0.4))) if shape == "ring" else 0
+    # The mask is drawn with the same strokes as the image (no randomness of its own), so the
+    # images stay exactly those the demo model was trained on.
+    for canvas, fill in ((ImageDraw.Draw(image), colour), (ImageDraw.Draw(mask), 255)):
+        if shape == "circle":
+            canvas.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=fill)
+        elif shape == "ring":
+            canvas.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], outline=fill, width=ring_width)
+        elif shape == "square":
+            canvas.polygon(_regular_polygon(cx, cy, radius, 4, rotation), fill=fill)
+        elif shape == "triangle":
+            canvas.polygon(_regular_polygon(cx, cy, radius, 3, rotation), fill=fill)
+        elif shape == "star":
+            canvas.polygon(_star(cx, cy, radius, rotation), fill=fill)
+        elif shape == "cross":
+            canvas.polygon(_cross(cx, cy, radius, rotation), fill=fill)
     image = image.resize((size, size), Image.LANCZOS)
     if rng.random() < 0.15:  # slightly out of focus
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.5)))
-    return image
+    return image, np.asarray(mask.resize((size, size), Image.BOX), dtype=np.float32) / 255.0
 
 
 def generate(count: int, size: int, seed: int) -> Tuple[List[Image.Image], List[int]]:

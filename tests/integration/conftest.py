@@ -40,6 +40,10 @@ class TorchServe:
         headers = {**self.inference_headers, **kwargs.pop("headers", {})}
         return requests.post(f"{self.inference_url}/predictions/{model}", headers=headers, timeout=60, **kwargs)
 
+    def explain(self, model: str, **kwargs) -> requests.Response:
+        headers = {**self.inference_headers, **kwargs.pop("headers", {})}
+        return requests.post(f"{self.inference_url}/explanations/{model}", headers=headers, timeout=60, **kwargs)
+
     def describe(self, model: str) -> list:
         return describe(self.management_url, model, self.keys["management"]["key"])
 

@@ -26,7 +26,7 @@ def test_archive_is_self_contained_and_rebuildable(tmp_path):
         names = set(archive.namelist())
         manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
     assert {"model_defs/__init__.py", "model_defs/registry.py", "model_defs/image.py", "handler_common.py",
-            "image_classifier_handler.py", "weights.pt", "model.json", "index_to_name.json",
+            "explanations.py", "image_classifier_handler.py", "weights.pt", "model.json", "index_to_name.json",
             "image_classifier.yaml"} <= names
     assert not {"text_classifier_handler.py", "audio_classifier_handler.py"} & names, "one handler module per archive"
     assert manifest["model"]["handler"] == "image_classifier_handler.py"

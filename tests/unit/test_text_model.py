@@ -106,3 +106,34 @@ def test_transformer_refuses_more_tokens_than_its_positions():
     model = build_model("text_transformer", vocab_size=50, embed_dim=16, num_classes=4, max_tokens=4, num_heads=2)
     with pytest.raises(ValueError, match="at most 4"):
         model.batch_inputs([[1, 2, 3, 4, 5]])
+
+
+@pytest.mark.parametrize("arch,model_args", [
+    ("text_embedding_bag", {}),
+    ("text_transformer", {"max_tokens": 12, "num_heads": 2, "num_layers": 2}),
+])
+def test_the_per_token_split_that_explanations_use_gives_the_same_logits(arch, model_args):
+    torch.manual_seed(0)
+    model = build_model(arch, modality="text", vocab_size=50, embed_dim=16, num_classes=4, **model_args).eval()
+    for sequence in ([3, 1, 4, 1, 5, 9], [2]):
+        with torch.no_grad():
+            whole = model(**model.batch_inputs([sequence]))
+            split = model.classify_token_embeddings(model.token_embeddings(torch.tensor([sequence])))
+        torch.testing.assert_close(split, whole, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("text", ["  Hi,  my CARD\twas ﬁne  ", "Straße 12 😡", "Hi,\u00a0there"])
+def test_token_spans_point_into_the_text_as_sent(tokenizer, text):
+    encoder = TextEncoder(tokenizer, max_tokens=64)
+    located = encoder.token_spans(text)
+    assert located.in_original
+    assert located.token_ids == encoder.encode_batch([text]).token_ids[0]
+    covered = {i for start, end in located.spans for i in range(start, end)}
+    assert {i for i, character in enumerate(text) if not character.isspace()} <= covered
+    assert all(not text[start:end].startswith(" ") for start, end in located.spans if end - start > 1)
+
+
+def test_token_spans_stop_where_truncation_stops(tokenizer):
+    encoder = TextEncoder(tokenizer, max_tokens=3)
+    located = encoder.token_spans("please cancel my subscription")
+    assert len(located.spans) == len(located.token_ids) == 3
