@@ -23,6 +23,7 @@ import torch
 from ts.handler_utils.timer import timed
 from ts.torch_handler.base_handler import BaseHandler
 
+import protocols
 from explanations import (
     METHODS,
     AttributionCost,
@@ -275,19 +276,40 @@ def _checked_setting(spec, value):
 # ---- the batch as it moves through the stages ---------------------------------------------------
 @dataclass
 class PreparedBatch:
-    size: int
+    size: int                               # requests in the batch
     inputs: Any = None                      # what collate() built from the valid items
+    # The request index of each item (each row of inputs). A plain request is one item; a KServe
+    # v1/v2 request owns one item per instance, so its index repeats.
     valid_indices: List[int] = field(default_factory=list)
     errors: Dict[int, ItemError] = field(default_factory=dict)
     headers: Dict[int, Dict[str, str]] = field(default_factory=dict)
     probabilities: Optional[torch.Tensor] = None  # [len(valid_indices), num_labels], on CPU
-    answers: Dict[int, Any] = field(default_factory=dict)  # request index → its answer
+    answers: Dict[int, Any] = field(default_factory=dict)  # request index → its answer (a list for v1/v2)
+    envelopes: Dict[int, protocols.ProtocolRequest] = field(default_factory=dict)  # the KServe v1/v2 requests
 
     def fail_valid_items(self, error: ItemError) -> None:
         """Every item that was still going to be answered gets `error` (its batch failed after collating)."""
         for index in self.valid_indices:
             self.errors[index] = error
         self.valid_indices, self.inputs, self.probabilities, self.answers = [], None, None, {}
+
+    def requests(self) -> List[int]:
+        """The requests that have items, in order, each once."""
+        return list(dict.fromkeys(self.valid_indices))
+
+    def positions(self, index: int) -> List[int]:
+        """The rows of inputs that request `index` owns."""
+        return [position for position, owner in enumerate(self.valid_indices) if owner == index]
+
+
+def merge_headers(per_item: List[Dict[str, str]]) -> Dict[str, str]:
+    """One request's headers from its items': a multi-instance request lists each item's value, in
+    order, comma-separated, as HTTP joins repeated headers."""
+    merged: Dict[str, List[str]] = {}
+    for headers in per_item:
+        for key, value in headers.items():
+            merged.setdefault(key, []).append(value)
+    return {key: ", ".join(values) for key, values in merged.items()}
 
 
 def over_budget_error(budget_seconds: float) -> ItemError:
@@ -399,7 +421,7 @@ class BatchClassifierHandler(BaseHandler):
         except Exception:
             logger.exception("postprocessing failed for a batch of %d", batch.size)
             batch.fail_valid_items(internal_error())
-        explained = [index for index in batch.valid_indices if self.is_explanation(index)]
+        explained = [index for index in batch.requests() if self.is_explanation(index)]
         if explained:
             self.explain_batch(batch, data, explained)
         context.metrics.add_time("HandlerTime", round((time.perf_counter() - started) * 1000, 2), None, "ms")
@@ -422,10 +444,10 @@ class BatchClassifierHandler(BaseHandler):
     @timed
     def preprocess(self, data) -> PreparedBatch:
         batch = PreparedBatch(size=len(data))
-        items = []
+        items, item_headers = [], []
         for index, row in enumerate(data):
             try:
-                item, headers = self.prepare_item(row, index)
+                prepared = self.prepare_request(row, index, batch)
             except ItemError as error:
                 batch.errors[index] = error
                 continue
@@ -433,18 +455,40 @@ class BatchClassifierHandler(BaseHandler):
                 logger.exception("preparing request %d of the batch failed", index)
                 batch.errors[index] = internal_error()
                 continue
-            items.append(item)
-            batch.valid_indices.append(index)
-            batch.headers[index] = headers
+            for item, headers in prepared:
+                items.append(item)
+                item_headers.append(headers)
+                batch.valid_indices.append(index)
         if items:
             try:
                 batch.inputs = self.collate(items)
-                for index, headers in zip(batch.valid_indices, self.batch_headers(batch.inputs)):
-                    batch.headers[index] = {**batch.headers[index], **headers}
+                for position, headers in enumerate(self.batch_headers(batch.inputs)):
+                    item_headers[position] = {**item_headers[position], **headers}
             except Exception:
                 logger.exception("collating a batch of %d failed", len(items))
                 batch.fail_valid_items(internal_error())
+            for index in batch.requests():
+                batch.headers[index] = merge_headers([item_headers[p] for p in batch.positions(index)])
         return batch
+
+    def prepare_request(self, row: Dict[str, Any], index: int, batch: PreparedBatch) -> list:
+        """One request → its (item, headers) pairs: one for a plain request, one per instance of a
+        KServe v1/v2 request (all or none: a bad instance fails its whole request)."""
+        try:
+            envelope = protocols.parse(row)
+        except protocols.ProtocolError as error:
+            batch.envelopes[index] = protocols.ProtocolRequest(error.protocol, [])  # answered in its protocol's form
+            raise ItemError(400, "InvalidProtocolRequest", str(error)) from None
+        if envelope is None:
+            return [self.prepare_item(row, index)]
+        batch.envelopes[index] = envelope
+        prepared = []
+        for number, instance_row in enumerate(envelope.rows()):
+            try:
+                prepared.append(self.prepare_item(instance_row, index))
+            except ItemError as error:
+                raise ItemError(error.status, error.error_type, f"instance {number}: {error.message}") from None
+        return prepared
 
     @timed
     def inference(self, batch: PreparedBatch, *args, **kwargs) -> PreparedBatch:
@@ -460,34 +504,45 @@ class BatchClassifierHandler(BaseHandler):
     def postprocess(self, batch: PreparedBatch) -> PreparedBatch:
         if batch.probabilities is not None:
             predictions = top_k_predictions(batch.probabilities, self.labels, self.settings.top_k)
-            batch.answers.update(zip(batch.valid_indices, predictions))
+            for index, prediction in zip(batch.valid_indices, predictions):
+                if index in batch.envelopes:
+                    batch.answers.setdefault(index, []).append(prediction)
+                else:
+                    batch.answers[index] = prediction
         return batch
 
     @timed
     def explain_batch(self, batch: PreparedBatch, data: list, indices: List[int]) -> None:
-        """Replace the predictions of `indices` by their explanations, one request at a time (each has
-        its own target and options), within the batch's time budget."""
-        started, budget = time.perf_counter(), self.settings.explain_budget_seconds
-        for count, index in enumerate(indices):
-            spent = time.perf_counter() - started
-            # Stop before an explanation that would likely overrun: the last one's cost is the estimate.
-            if count and spent + spent / count > budget:
-                batch.errors[index] = over_budget_error(budget)
-                continue
+        """Replace the predictions of requests `indices` by their explanations, one item at a time
+        (each has its own target and options), within the batch's time budget."""
+        started, budget, explained = time.perf_counter(), self.settings.explain_budget_seconds, 0
+        for index in indices:
+            envelope = batch.envelopes.get(index)
+            option_rows = envelope.rows() if envelope else [data[index]]
             try:
-                batch.answers[index] = self.explain_item(batch, index, data[index])
-            except (ItemError, OptionError) as error:
-                batch.errors[index] = error if isinstance(error, ItemError) else ItemError(400, "InvalidExplanationOptions", str(error))
+                explanations = []
+                for position, option_row in zip(batch.positions(index), option_rows):
+                    spent = time.perf_counter() - started
+                    # Stop before an explanation that would likely overrun: the mean so far is the estimate.
+                    if explained and spent + spent / explained > budget:
+                        raise over_budget_error(budget)
+                    explanations.append(self.explain_item(batch, index, position, option_row))
+                    explained += 1
+                batch.answers[index] = explanations if envelope else explanations[0]
+            except ItemError as error:
+                batch.errors[index] = error
+            except OptionError as error:
+                batch.errors[index] = ItemError(400, "InvalidExplanationOptions", str(error))
             except Exception:
                 logger.exception("explaining request %d of the batch failed", index)
                 batch.errors[index] = internal_error()
 
-    def explain_item(self, batch: PreparedBatch, index: int, row: Dict[str, Any]) -> Dict[str, Any]:
+    def explain_item(self, batch: PreparedBatch, index: int, position: int, row: Dict[str, Any]) -> Dict[str, Any]:
+        """The explanation of the item at `position` of the batch, with request `index`'s options."""
         if self.explanations_unavailable:
             raise ItemError(400, "ExplanationsUnavailable", self.explanations_unavailable)
         options = request_options(row, self.request_headers(index), self.settings.explain_method,
                                   self.settings.explain_noise_tunnel)
-        position = batch.valid_indices.index(index)
         probabilities = batch.probabilities[position]
         target = target_index(options.target, self.labels, int(probabilities.argmax()))
         source = self.attribution_input(batch, position)
@@ -505,16 +560,24 @@ class BatchClassifierHandler(BaseHandler):
         }
 
     def respond(self, batch: PreparedBatch) -> list:
-        """One response per request: its answer with its headers, or its error as JSON."""
+        """One response per request, in the request's own protocol: its answer with its headers, or
+        its error as JSON."""
         responses: List[Any] = [None] * batch.size
         for index, answer in batch.answers.items():
             if index in batch.errors:
                 continue
+            envelope = batch.envelopes.get(index)
+            if envelope is not None:
+                request_id = (getattr(self.context, "request_ids", None) or {}).get(index, "")
+                answer = protocols.answer(envelope, answer, self.context.model_name, request_id,
+                                          explanations=self.is_explanation(index))
             responses[index] = answer
             for key, value in batch.headers.get(index, {}).items():
                 self.context.set_response_header(index, key, value)
         for index, error in batch.errors.items():
             self.context.set_response_status(error.status, http.HTTPStatus(error.status).phrase, index)
             self.context.set_response_content_type(index, "application/json")
-            responses[index] = json.dumps(error.body())
+            body = protocols.error_body(error.status, error.error_type, error.message) if index in batch.envelopes \
+                else error.body()
+            responses[index] = json.dumps(body)
         return responses

@@ -1,0 +1,118 @@
+"""KServe's v1 and v2 inference protocols, understood by the handler itself, one request at a time.
+
+KServe's TorchServe runtime forwards its clients' JSON bodies to TorchServe unchanged:
+    v1  {"instances": [<instance>, ...]}                                    → {"predictions": [...]}
+        (on :explain, {"explanations": [...]})
+    v2  {"id": "...", "inputs": [{"name", "shape": [n], "datatype": "BYTES", "data": [...]}]}
+                                                                            → {"model_name", "id", "outputs": [...]}
+TorchServe's own envelopes for these (TS_SERVICE_ENVELOPE=kserve|kservev2) read only the first request
+of a batch and fail the rest ("number of batch response mismatched", pytorch/serve#2158, #1302).
+Here every request of a batch is unwrapped on its own, each of its instances becomes one item of the
+batch's forward pass (so batches stay batched), and each request is answered in its own protocol.
+
+An instance is what the plain /predictions route takes as a JSON body or a string: for images and
+audio {"data": "<base64>"} (v2: the base64 string), for text {"text": "..."} or the text itself.
+A request with a bad instance is answered 400 in its protocol's error form, {"error": "..."}; the
+other requests of the batch are served.
+"""
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+V1, V2 = "v1", "v2"
+
+
+class ProtocolError(ValueError):
+    """The body claims a protocol (has "instances" or "inputs") but breaks it; the message says how."""
+
+    def __init__(self, protocol: str, message: str):
+        super().__init__(f"{protocol}: {message}")
+        self.protocol = protocol
+
+
+@dataclass
+class ProtocolRequest:
+    protocol: str                 # V1 or V2
+    instances: List[Any]          # each one a body the plain route would take
+    request_id: Optional[str] = None  # v2's "id", echoed in the answer
+    extras: Dict[str, Any] = field(default_factory=dict)
+
+    def rows(self) -> List[Dict[str, Any]]:
+        """Each instance as the worker's row of a plain request whose JSON body it is."""
+        return [{"body": instance} for instance in self.instances]
+
+
+def _flatten(values) -> list:
+    flat = []
+    for value in values:
+        flat.extend(_flatten(value) if isinstance(value, list) else [value])
+    return flat
+
+
+def parse(row: Dict[str, Any]) -> Optional[ProtocolRequest]:
+    """The request's protocol and instances, or None for a plain request (which is served as today)."""
+    body = row.get("body")
+    if not isinstance(body, dict):
+        return None
+    if "instances" in body:
+        instances = body["instances"]
+        if not isinstance(instances, list) or not instances:
+            raise ProtocolError(V1, '"instances" must be a non-empty list')
+        return ProtocolRequest(V1, instances)
+    if "inputs" in body:
+        return _parse_v2(body)
+    return None
+
+
+def _parse_v2(body: dict) -> ProtocolRequest:
+    inputs = body["inputs"]
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise ProtocolError(V2, '"inputs" must be a list of one input tensor '
+                            '{"name", "shape", "datatype": "BYTES", "data"}')
+    tensor = inputs[0]
+    missing = [key for key in ("name", "shape", "datatype", "data") if key not in tensor]
+    if missing:
+        raise ProtocolError(V2, f"the input tensor has no {', '.join(missing)}")
+    if tensor["datatype"] != "BYTES":
+        raise ProtocolError(V2, f"the input's datatype must be BYTES (base64 for images and audio, the text for "
+                            f"text), got {tensor['datatype']!r}")
+    data = _flatten(tensor["data"]) if isinstance(tensor["data"], list) else [tensor["data"]]
+    shape = tensor["shape"]
+    count = 1
+    for size in shape if isinstance(shape, list) else [None]:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ProtocolError(V2, f"shape must be a list of sizes, got {shape!r}")
+        count *= size
+    if count != len(data) or not data:
+        raise ProtocolError(V2, f"shape {shape} holds {count} elements but data has {len(data)}")
+    if not all(isinstance(value, str) for value in data):
+        raise ProtocolError(V2, "every BYTES element must be a string")
+    request_id = body.get("id")
+    return ProtocolRequest(V2, data, None if request_id is None else str(request_id),
+                           {"parameters": body.get("parameters")})
+
+
+def answer(request: ProtocolRequest, results: List[Any], model_name: str, request_id: str,
+           explanations: bool) -> Dict[str, Any]:
+    """The protocol's answer to one request: one result (a {label: probability} prediction, or an
+    explanation) per instance, in order."""
+    if request.protocol == V1:
+        return {"explanations" if explanations else "predictions": results}
+    if explanations:
+        outputs = [{"name": "explanations", "shape": [len(results)], "datatype": "BYTES",
+                    "data": [json.dumps(result) for result in results]}]
+    else:
+        # Top-k as two tensors, row by row: the labels and their probabilities, highest first.
+        k = min((len(result) for result in results), default=0)
+        labels = [label for result in results for label in list(result)[:k]]
+        probabilities = [probability for result in results for probability in list(result.values())[:k]]
+        outputs = [
+            {"name": "labels", "shape": [len(results), k], "datatype": "BYTES", "data": labels},
+            {"name": "probabilities", "shape": [len(results), k], "datatype": "FP32", "data": probabilities},
+        ]
+    return {"model_name": model_name, "id": request.request_id or request_id, "outputs": outputs}
+
+
+def error_body(status: int, error_type: str, message: str) -> Dict[str, Any]:
+    """KServe's error form, {"error": "..."}, keeping this bundle's code and type beside it."""
+    return {"error": f"{error_type}: {message}", "code": status, "type": error_type}
