@@ -3,9 +3,10 @@
 #
 #   ./archive.sh                      # all of exports/*/
 #   ./archive.sh image_classifier     # just these
+#   MODEL_VERSION=2.0 ./archive.sh image_classifier   # a second version: model_store/image_classifier-2.0.mar
 #   EXPORTS_DIR=... MODEL_STORE=... CONFIGS_DIR=... ./archive.sh
 #
-# An archive holds the weights (serialized file), the export's other files (model.json, labels,
+# An archive holds the weights (serialized file: weights.pt, or model.onnx), the export's other files (model.json, labels,
 # tokenizer ...), the handler for the export's modality, the handlers' shared modules (handler_common.py,
 # explanations.py: every handlers/*.py that is not a modality's handler), the model_defs/ package
 # and configs/<name>.yaml as its model-config. torch-model-archiver copies an --extra-files folder's
@@ -41,12 +42,17 @@ fi
 
 mkdir -p "$model_store"
 stage_root=$(mktemp -d)
-trap 'rm -rf "$stage_root"' EXIT
+aside=
+trap 'rm -rf "$stage_root" ${aside:+"$aside"}' EXIT
 
 for name in "${names[@]}"; do
   export_dir=$exports_dir/$name
-  [[ -f $export_dir/model.json && -f $export_dir/weights.pt ]] \
-    || { echo "archive.sh: $export_dir is not an export (needs model.json and weights.pt)" >&2; exit 1; }
+  # The serialized file picks the runtime the handler serves with: weights.pt (torch) or, for an ONNX
+  # variant (exports/<name>_onnx, _int8, from `python -m train.export_onnx`), model.onnx (ONNX Runtime).
+  serialized=$export_dir/weights.pt
+  [[ -f $export_dir/model.onnx ]] && serialized=$export_dir/model.onnx
+  [[ -f $export_dir/model.json && -f $serialized ]] \
+    || { echo "archive.sh: $export_dir is not an export (needs model.json and weights.pt or model.onnx)" >&2; exit 1; }
   config=$configs_dir/$name.yaml
   [[ -f $config ]] || { echo "archive.sh: no model-config for $name: expected $config" >&2; exit 1; }
   modality=$("$python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["modality"])' "$export_dir/model.json")
@@ -59,11 +65,20 @@ for name in "${names[@]}"; do
   for shared in "$repo"/handlers/*.py; do
     [[ $shared == *_classifier_handler.py ]] || cp "$shared" "$stage/"
   done
-  find "$export_dir" -maxdepth 1 -type f ! -name weights.pt -exec cp {} "$stage/" \;
+  find "$export_dir" -maxdepth 1 -type f ! -name "$(basename "$serialized")" -exec cp {} "$stage/" \;
   find "$stage" -name __pycache__ -type d -prune -exec rm -rf {} +
 
+  # Version 1.0 is <name>.mar; another version gets its own file, <name>-<version>.mar, so that both
+  # load (TorchServe takes the model's name and version from the archive's manifest, not the file).
+  mar=$name.mar
+  [[ $version == 1.0 ]] || mar=$name-$version.mar
+  # Built aside in the model store's own file system, then renamed into place: an interrupted run
+  # never leaves a half-written archive where TorchServe would load it.
+  aside=$(mktemp -d "$model_store/.archiving-XXXXXX")
   "$archiver" --force --model-name "$name" --version "$version" \
-    --serialized-file "$export_dir/weights.pt" --handler "$handler" \
-    --extra-files "$stage" --config-file "$config" --export-path "$model_store"
-  echo "archived $model_store/$name.mar ($(du -h "$model_store/$name.mar" | cut -f1), $modality)"
+    --serialized-file "$serialized" --handler "$handler" \
+    --extra-files "$stage" --config-file "$config" --export-path "$aside"
+  mv -f "$aside/$name.mar" "$model_store/$mar"
+  rmdir "$aside"
+  echo "archived $model_store/$mar ($(du -h "$model_store/$mar" | cut -f1), $modality, version $version)"
 done
