@@ -9,7 +9,7 @@ EXPORTS  := $(MODELS:%=exports/%/model.json)
 ARCHIVES := $(MODELS:%=model_store/%.mar)
 SHARED_TRAINING := model_defs/__init__.py model_defs/registry.py model_defs/export.py train/__init__.py train/common.py
 
-.PHONY: setup exports archives serve stop test test-unit test-live bench clean
+.PHONY: setup exports archives serve stop test test-unit test-live bench kserve clean
 .DELETE_ON_ERROR:
 
 setup: $(SETUP)
@@ -37,6 +37,10 @@ model_store/%.mar: exports/%/model.json configs/%.yaml archive.sh $(wildcard han
 
 archives: $(ARCHIVES)
 
+# The folder KServe's TorchServe runtime reads (kserve/config, kserve/model-store): README, "KServe".
+kserve: $(ARCHIVES)
+	$(PY) -m scripts.kserve_bundle
+
 serve: $(ARCHIVES)
 	$(PY) -m scripts.serve
 
@@ -57,4 +61,4 @@ bench: $(SETUP)
 	$(PY) -m bench.bench
 
 clean:
-	rm -rf exports model_store logs samples key_file.json
+	rm -rf exports model_store logs samples key_file.json kserve

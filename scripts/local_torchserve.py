@@ -29,8 +29,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def write_config(destination: Path, model_store: Path, overrides: Optional[Dict[str, str]] = None) -> Dict[str, str]:
-    """config.properties with free loopback ports, `model_store` and `overrides`; returns its properties."""
+def render_properties(base: Path, settings: Dict[str, str]) -> str:
+    """The properties file `base` with `settings` replacing its values (or appended where absent)."""
+    config = Path(base).read_text()
+    for key, value in settings.items():
+        config, count = re.subn(rf"^{key}=.*$", lambda _: f"{key}={value}", config, flags=re.M)
+        if count == 0:
+            config += f"\n{key}={value}\n"
+    return config
+
+
+def write_config(destination: Path, model_store: Path, overrides: Optional[Dict[str, str]] = None,
+                 base: Path = REPO_ROOT / "config.properties") -> Dict[str, str]:
+    """`base` (config.properties) with free loopback ports, `model_store` and `overrides`; returns its properties."""
     settings = {key: f"http://127.0.0.1:{free_port()}" for key in LISTENERS}
     # gRPC listeners and worker sockets (/tmp/.ts.sock.<port>, counting up from 9000) would collide
     # with another TorchServe on this machine, e.g. one started by `make serve`: move them too.
@@ -38,47 +49,58 @@ def write_config(destination: Path, model_store: Path, overrides: Optional[Dict[
                     initial_worker_port=str(20000 + free_port() % 20000))
     settings["model_store"] = str(model_store)
     settings.update(overrides or {})
-    config = (REPO_ROOT / "config.properties").read_text()
-    for key, value in settings.items():
-        config, count = re.subn(rf"^{key}=.*$", f"{key}={value}", config, flags=re.M)
-        if count == 0:
-            config += f"\n{key}={value}\n"
-    Path(destination).write_text(config)
+    Path(destination).write_text(render_properties(base, settings))
     return read_properties(destination)
 
 
-def describe(management_url: str, model: str, management_key: str) -> list:
-    response = requests.get(f"{management_url}/models/{model}", headers={"Authorization": f"Bearer {management_key}"}, timeout=30)
+def describe(management_url: str, model: str, management_key: Optional[str]) -> list:
+    """GET /models/<model> (`<model>/all`: every version); no key for a server without token authorization."""
+    headers = {"Authorization": f"Bearer {management_key}"} if management_key else {}
+    response = requests.get(f"{management_url}/models/{model}", headers=headers, timeout=30)
     response.raise_for_status()
     return response.json()
 
 
-def all_ready(management_url: str, models: Iterable[str], management_key: str) -> bool:
+def all_ready(management_url: str, models: Iterable[str], management_key: Optional[str]) -> bool:
+    """Every model has workers, all READY: `name` is its default version, `name/2.0` a version. (Not
+    `name/all`: where inference and management share a port, as on KServe, TorchServe routes a
+    four-segment /models path to inference and answers 404.)"""
     try:
         for model in models:
-            workers = describe(management_url, model, management_key)[0]["workers"]
-            if not workers or any(worker["status"] != "READY" for worker in workers):
-                return False
+            for version in describe(management_url, model, management_key):
+                workers = version["workers"]
+                if not workers or any(worker["status"] != "READY" for worker in workers):
+                    return False
         return True
     except (requests.RequestException, KeyError, ValueError, IndexError):
         return False
 
 
-def wait_until_ready(management_url: str, models: List[str], key_file: Path, timeout_s: float,
+def wait_until_ready(management_url: str, models: List[str], key_file: Optional[Path], timeout_s: float,
                      process: Optional[subprocess.Popen] = None) -> dict:
-    """Poll until every model has only READY workers; returns the keys from key_file.json."""
+    """Poll until every model has only READY workers; returns the keys from key_file.json ({} for a
+    server without token authorization: key_file None)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"TorchServe exited with {process.returncode} during start-up")
         try:
-            keys = json.loads(Path(key_file).read_text())
-            if all_ready(management_url, models, keys["management"]["key"]):
+            keys = json.loads(Path(key_file).read_text()) if key_file else {}
+            if all_ready(management_url, models, keys["management"]["key"] if key_file else None):
                 return keys
         except (OSError, ValueError, KeyError):
             pass
         time.sleep(1)
     raise TimeoutError(f"models {models} not READY within {timeout_s:.0f}s")
+
+
+def set_default_versions(management_url: str, defaults: Dict[str, str], management_key: Optional[str]) -> None:
+    """PUT /models/<m>/<version>/set-default for each model: which version TorchServe loads first,
+    and so makes the default, is chance (model_store.default_versions)."""
+    headers = {"Authorization": f"Bearer {management_key}"} if management_key else {}
+    for model, version in defaults.items():
+        response = requests.put(f"{management_url}/models/{model}/{version}/set-default", headers=headers, timeout=30)
+        response.raise_for_status()
 
 
 class ForegroundTorchServe:
@@ -88,7 +110,8 @@ class ForegroundTorchServe:
     stop() ends the whole group (frontend and every worker).
     """
 
-    def __init__(self, workdir: Path, config: Path, env: Optional[Dict[str, str]] = None):
+    def __init__(self, workdir: Path, config: Path, env: Optional[Dict[str, str]] = None,
+                 model_store: Optional[Path] = None):
         self.workdir = Path(workdir)
         environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # archives must stand alone
         environment.update(PATH=f"{VENV_BIN}:{environment.get('PATH', '')}", TMPDIR=str(self.workdir),
@@ -96,7 +119,8 @@ class ForegroundTorchServe:
         environment.update(env or {})
         with open(self.workdir / "torchserve.out", "wb") as out:
             self.process = subprocess.Popen(
-                [str(VENV_BIN / "torchserve"), "--start", "--foreground", "--ncs", "--ts-config", str(config)],
+                [str(VENV_BIN / "torchserve"), "--start", "--foreground", "--ncs", "--ts-config", str(config),
+                 *(["--model-store", str(model_store)] if model_store else [])],
                 cwd=self.workdir, env=environment, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
 

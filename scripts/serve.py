@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 from scripts import samples
-from scripts.local_torchserve import VENV_BIN, read_properties, wait_until_ready
+from scripts.local_torchserve import VENV_BIN, read_properties, set_default_versions, wait_until_ready
+from scripts.model_store import default_versions, model_names, scan
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG = REPO_ROOT / "config.properties"
@@ -21,7 +22,10 @@ READY_TIMEOUT_S = 300
 def main():
     properties = read_properties(CONFIG)
     model_store = REPO_ROOT / properties.get("model_store", "model_store")
-    models = sorted(p.stem for p in model_store.glob("*.mar"))
+    archives, problems = scan(model_store)
+    for problem in problems:
+        print(f"serve: skipping {problem}", file=sys.stderr)
+    models = model_names(archives)
     if not models:
         sys.exit(f"serve: no archives in {model_store}; run ./archive.sh (make serve does)")
     # A server started earlier from here would keep serving the old archives: restart it.
@@ -32,7 +36,9 @@ def main():
                    stdout=subprocess.DEVNULL)
     inference_url, management_url = properties["inference_address"], properties["management_address"]
     try:
-        keys = wait_until_ready(management_url, models, KEY_FILE, READY_TIMEOUT_S)
+        # Every version of every model, each by name/version.
+        keys = wait_until_ready(management_url, [f"{a.model}/{a.version}" for a in archives], KEY_FILE, READY_TIMEOUT_S)
+        set_default_versions(management_url, default_versions(archives), keys["management"]["key"])
     except TimeoutError as error:
         sys.exit(f"serve: {error}; see logs/model_log.log and logs/ts_log.log")
     print(f"TorchServe is up with {', '.join(models)} (READY in {time.monotonic() - started:.0f}s); logs in logs/, stop with: make stop\n")

@@ -14,9 +14,12 @@ from typing import List
 import pytest
 import requests
 
-from scripts.local_torchserve import REPO_ROOT, ForegroundTorchServe, describe, wait_until_ready, write_config
+from scripts.local_torchserve import (REPO_ROOT, ForegroundTorchServe, describe, set_default_versions, wait_until_ready,
+                                     write_config)
+from scripts.model_store import default_versions, scan
 
 STARTUP_TIMEOUT_S = 300
+VERSIONED_MODEL, SECOND_VERSION = "text_classifier", "2.0"
 
 
 @dataclass
@@ -24,7 +27,7 @@ class TorchServe:
     inference_url: str
     management_url: str
     metrics_url: str
-    models: List[str]
+    models: List[str]  # every model's default version, and "name/version" for a second version
     process: ForegroundTorchServe
     keys: dict = field(default_factory=dict)
 
@@ -91,6 +94,11 @@ def server(tmp_path_factory, request):
     model_store = workdir / "model_store"
     subprocess.run([str(REPO_ROOT / "archive.sh")], check=True, stdout=subprocess.DEVNULL,
                    env={**os.environ, "MODEL_STORE": str(model_store)})
+    # A second version of one model, as a rollout holds two (test_versions_live.py): the text model,
+    # whose worker costs least.
+    subprocess.run([str(REPO_ROOT / "archive.sh"), VERSIONED_MODEL], check=True, stdout=subprocess.DEVNULL,
+                   env={**os.environ, "MODEL_STORE": str(model_store), "MODEL_VERSION": SECOND_VERSION})
+    models.append(f"{VERSIONED_MODEL}/{SECOND_VERSION}")
     properties = write_config(workdir / "config.properties", model_store)
     process = ForegroundTorchServe(workdir, workdir / "config.properties")
     server = TorchServe(properties["inference_address"], properties["management_address"],
@@ -99,6 +107,8 @@ def server(tmp_path_factory, request):
     try:
         try:
             server.keys = wait_until_ready(server.management_url, models, process.key_file, STARTUP_TIMEOUT_S, process.process)
+            set_default_versions(server.management_url, default_versions(scan(model_store)[0]),
+                                 server.keys["management"]["key"])
         except (RuntimeError, TimeoutError) as error:
             pytest.fail(f"{error}\n{process.logs()}")
         yield server
