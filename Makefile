@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 SETUP  := $(VENV)/.installed
+# The kserve SDK, only to check deploy/kserve/ against KServe's schema, in its own venv (its pins clash).
+KSERVE_SETUP := .venv-kserve/.installed
 MODELS := image_classifier text_classifier audio_classifier
 
 EXPORTS  := $(MODELS:%=exports/%/model.json)
@@ -47,10 +49,15 @@ serve: $(ARCHIVES)
 stop:
 	-$(VENV)/bin/torchserve --stop
 
-test: $(EXPORTS)
+$(KSERVE_SETUP): requirements-kserve.txt
+	test -x .venv-kserve/bin/python || $(PYTHON) -m venv .venv-kserve
+	.venv-kserve/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-kserve.txt
+	touch $@
+
+test: $(EXPORTS) $(KSERVE_SETUP)
 	$(PY) -m pytest tests
 
-test-unit: $(EXPORTS)
+test-unit: $(EXPORTS) $(KSERVE_SETUP)
 	$(PY) -m pytest tests/unit
 
 test-live: $(EXPORTS)
