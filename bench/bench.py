@@ -1,9 +1,11 @@
 """Throughput, latency and memory of the image handler, as ratios against two baselines measured in
 the same run: the model in-process (the ceiling) and TorchServe's stock `image_classifier` handler
-serving the same weights behind the same TorchServe.
+serving the same weights behind the same TorchServe. The same weights also run as the bundle's ONNX
+Runtime variants, fp32 and int8 (`--variants`), under the same load, as ratios against the eager model.
 
     .venv/bin/python -m bench.bench                    # 400 requests, 8 concurrent clients, 224x224 resnet18
     .venv/bin/python -m bench.bench --requests 1000 --concurrency 16 --json result.json
+    .venv/bin/python -m bench.bench --variants         # eager and stock only
 
 Both handlers get the same untrained resnet18 at 224x224 (resize 256, crop 224: the stock handler's
 fixed preprocessing), one worker with all cores, batchSize 8 and maxBatchDelay 20 ms. Traffic stays
@@ -28,13 +30,15 @@ import torch
 from bench.stock_resnet18 import NUM_CLASSES, StockResNet18
 from model_defs.export import load_export, write_export
 from model_defs.image import eval_transform, load_image, preprocess_params
+from model_defs.onnx_export import export_int8, export_onnx
 from scripts.local_torchserve import VENV_BIN, ForegroundTorchServe, describe, wait_until_ready, write_config
-from train.synthetic_shapes import SHAPES, render_shape
+from train.synthetic_shapes import SHAPES, generate, render_shape
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 OURS, STOCK = "image_classifier", "stock_image_classifier"
 MODEL_CONFIG = "minWorkers: 1\nmaxWorkers: 1\nbatchSize: 8\nmaxBatchDelay: 20\nresponseTimeout: 120\nhandler:\n  top_k: 5\n"
+VARIANTS = {"onnx": f"{OURS}_onnx", "int8": f"{OURS}_int8"}  # --variants choice → served model
 
 
 def get_args_parser():
@@ -43,6 +47,8 @@ def get_args_parser():
     parser.add_argument("--concurrency", type=int, default=8, help="clients sending at once")
     parser.add_argument("--warmup", type=int, default=24)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="ONNX Runtime variants of the same weights to serve and load alike (default: onnx int8)")
     return parser
 
 
@@ -52,18 +58,35 @@ def sample_jpeg() -> bytes:
     return buffer.getvalue()
 
 
-def build_archives(workdir: Path) -> Path:
+def build_variants(exports: Path, variants) -> list:
+    """The bundle's export as ONNX Runtime fp32 and int8 exports (as `make exports` makes them; the
+    int8 one calibrated on generated shapes, since these weights are untrained: only speed counts)."""
+    if not variants:
+        return []
+    export_onnx(exports / OURS, exports / VARIANTS["onnx"])
+    if "int8" in variants:
+        transform = eval_transform(preprocess_params(224, resize=256))
+        images, _ = generate(64, 256, seed=0)
+        export_int8(exports / VARIANTS["onnx"], exports / VARIANTS["int8"],
+                    ({"images": torch.stack([transform(image) for image in images[i:i + 16]]).numpy()}
+                     for i in range(0, len(images), 16)))
+    return [VARIANTS[variant] for variant in variants]
+
+
+def build_archives(workdir: Path, variants=()) -> tuple:
     exports, store = workdir / "exports", workdir / "model_store"
     torch.manual_seed(0)
     model = StockResNet18().eval()
     write_export(exports / OURS, model, name=OURS, modality="image", arch="resnet18",
                  model_args={"num_classes": NUM_CLASSES, "image_size": 224},
                  preprocess=preprocess_params(224, resize=256), labels=list(SHAPES))
+    served_variants = build_variants(exports, variants)
     configs = workdir / "configs"
     configs.mkdir()
-    (configs / f"{OURS}.yaml").write_text(MODEL_CONFIG)  # the same worker and batching settings for both
+    for name in (OURS, *served_variants):
+        (configs / f"{name}.yaml").write_text(MODEL_CONFIG)  # the same worker and batching settings for all
     env = {**os.environ, "EXPORTS_DIR": str(exports), "MODEL_STORE": str(store), "CONFIGS_DIR": str(configs)}
-    subprocess.run([str(REPO_ROOT / "archive.sh"), OURS], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run([str(REPO_ROOT / "archive.sh"), OURS, *served_variants], check=True, env=env, stdout=subprocess.DEVNULL)
     subprocess.run([
         str(VENV_BIN / "torch-model-archiver"), "--force", "--model-name", STOCK, "--version", "1.0",
         "--model-file", str(REPO_ROOT / "bench" / "stock_resnet18.py"),
@@ -71,7 +94,7 @@ def build_archives(workdir: Path) -> Path:
         "--extra-files", str(exports / OURS / "index_to_name.json"), "--config-file", str(configs / f"{OURS}.yaml"),
         "--export-path", str(store),
     ], check=True)
-    return exports / OURS
+    return exports / OURS, served_variants
 
 
 def load(server_url: str, model: str, key: str, body: bytes, count: int, concurrency: int) -> dict:
@@ -122,14 +145,15 @@ def main(args):
     body = sample_jpeg()
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         workdir = Path(tmp)
-        export_dir = build_archives(workdir)
+        export_dir, variants = build_archives(workdir, args.variants)
         results = {"machine": f"{os.cpu_count()} cores, torch {torch.__version__}", "image_bytes": len(body),
                    "in_process": in_process(export_dir, body, args.requests // 2)}
         properties = write_config(workdir / "config.properties", workdir / "model_store")
         server = ForegroundTorchServe(workdir, workdir / "config.properties")
         try:
-            keys = wait_until_ready(properties["management_address"], [OURS, STOCK], server.key_file, 300, server.process)
-            for model in (OURS, STOCK):
+            keys = wait_until_ready(properties["management_address"], [OURS, STOCK, *variants], server.key_file, 300,
+                                    server.process)
+            for model in (OURS, STOCK, *variants):
                 load(properties["inference_address"], model, keys["inference"]["key"], body, args.warmup, args.concurrency)
                 results[model] = load(properties["inference_address"], model, keys["inference"]["key"], body,
                                       args.requests, args.concurrency)
@@ -142,7 +166,7 @@ def main(args):
           f"{len(body)}-byte JPEG, resnet18 224x224, 1 worker, batchSize 8")
     print(f"{'':28}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'RSS MB':>9}{'failed':>8}")
     print(f"{'in-process model (ceiling)':28}{ceiling:9.1f}")
-    for name, row in ((f"{OURS} (this bundle)", ours), (f"{STOCK} (stock)", stock)):
+    for name, row in ((f"{OURS} (this bundle)", ours), (f"{STOCK} (stock)", stock), *((v, results[v]) for v in variants)):
         print(f"{name:28}{row['req_per_s']:9.1f}{row['p50_ms']:9.1f}{row['p95_ms']:9.1f}{row['worker_rss_mb']:9.0f}{row['failures']:8d}")
     results["ratios"] = {
         "ours_vs_in_process": ours["req_per_s"] / ceiling,
@@ -150,6 +174,7 @@ def main(args):
         "ours_vs_stock_throughput": ours["req_per_s"] / stock["req_per_s"],
         "ours_vs_stock_p95": ours["p95_ms"] / stock["p95_ms"],
         "ours_vs_stock_rss": ours["worker_rss_mb"] / stock["worker_rss_mb"],
+        **{f"{variant}_vs_ours_throughput": results[variant]["req_per_s"] / ours["req_per_s"] for variant in variants},
     }
     print("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in results["ratios"].items()))
     if args.json:

@@ -57,7 +57,11 @@ class AudioClassifierHandler(BatchClassifierHandler):
 
     def load_modality(self, export) -> None:
         self.preprocessing = AudioPreprocessing.from_dict(self.spec["preprocess"])
-        self.feature_extractor = LogMelSpectrogram(self.preprocessing).to(self.device).eval()
+        if (self.spec.get("onnx") or {}).get("front_end") == "log_mel":
+            # An ONNX graph with the log-mel inside it (model_defs/onnx_export.py) takes the waveforms.
+            self.feature_extractor = torch.nn.Identity()
+        else:
+            self.feature_extractor = LogMelSpectrogram(self.preprocessing).to(self.device).eval()
 
     def prepare_payload(self, payload, index: int):
         content = binary_content(payload, self.json_fields, self.settings.max_bytes, "audio file")

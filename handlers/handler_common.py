@@ -14,6 +14,7 @@ import http
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field, fields, make_dataclass
 from typing import Any, Dict, List, Optional
@@ -34,7 +35,8 @@ from explanations import (
     request_options,
     target_index,
 )
-from model_defs.export import load_export
+from model_defs.export import LoadedExport, load_export
+from model_defs.onnx_runtime import is_onnx_model_file, load_onnx_export, serialized_file
 
 logger = logging.getLogger(__name__)
 
@@ -347,19 +349,38 @@ class BatchClassifierHandler(BaseHandler):
         properties = context.system_properties
         model_yaml = getattr(context, "model_yaml_config", None) or {}
         self.settings = self.settings_class.from_dict(model_yaml.get("handler"))
-        self.device = choose_device(properties.get("gpu_id"))
-        self.map_location = self.device.type
         self.worker_threads = WorkerThreads(self.settings.threads_per_worker)
         self.autocast_dtype = PRECISIONS[self.settings.precision]
 
-        export = load_export(properties.get("model_dir"), self.device, modality=self.modality)
+        export = self.load_runtime(context.model_name, properties.get("model_dir"), properties.get("gpu_id"))
+        self.map_location = self.device.type
         self.model, self.spec, self.labels = export.model, export.spec, export.labels
         self.load_modality(export)
         self.initialized = True
         logger.info(
-            "%s ready on %s: arch=%s labels=%d threads=%d precision=%s",
-            context.model_name, self.device, self.spec["arch"], len(self.labels), self.threads, self.settings.precision,
+            "%s ready on %s: arch=%s runtime=%s labels=%d threads=%d precision=%s", context.model_name, self.device,
+            self.spec["arch"], self.spec.get("runtime", "torch"), len(self.labels), self.threads, self.settings.precision,
         )
+
+    def load_runtime(self, model_name: str, model_dir: str, gpu_id) -> LoadedExport:
+        """The model on the runtime the archive's serialized file names (sets self.device): weights.pt
+        is rebuilt in torch, model.onnx runs on ONNX Runtime with this worker's thread share."""
+        if not is_onnx_model_file(serialized_file(model_dir, self.manifest)):
+            self.device = choose_device(gpu_id)
+            return load_export(model_dir, self.device, modality=self.modality)
+        if self.autocast_dtype is not None:
+            raise ValueError(f"handler: precision {self.settings.precision} is for the torch runtime; {model_name} is "
+                             "an ONNX graph and runs at the precision it was exported in: set precision: fp32")
+        # torch stays on the CPU: ONNX Runtime takes host arrays (its CUDA provider copies them to its GPU).
+        self.device = torch.device("cpu")
+        export = load_onnx_export(model_dir, threads=lambda: self.worker_threads.threads, gpu_id=gpu_id,
+                                  modality=self.modality, name=model_name)
+        eager_name = re.sub(r"_(onnx|int8)$", "", model_name)
+        self.explanations_unavailable = (
+            f"{model_name} runs on ONNX Runtime, which Captum cannot take gradients through: explanations come from "
+            f"the eager model, /explanations/{eager_name if eager_name != model_name else export.spec['source']['name']}")
+        logger.info("%s: ONNX Runtime on %s", model_name, export.model.device)
+        return export
 
     @property
     def threads(self) -> int:

@@ -6,10 +6,14 @@ exports/<model>/
                          and the training arguments (so a run can be reproduced from its export)
     index_to_name.json   {"0": "circle", ...}, the format TorchServe's stock classifiers use
     ...                  modality extras (tokenizer.json for text)
+
+An ONNX variant, exports/<model>_onnx/ (and _int8/), has model.onnx in place of weights.pt and the
+base export's other files: model_defs/onnx_export.py writes it, model_defs/onnx_runtime.py loads it.
 """
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -41,7 +45,7 @@ def clean_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.
     return cleaned
 
 
-def _package_versions(names) -> Dict[str, str]:
+def package_versions(names) -> Dict[str, str]:
     versions = {}
     for name in names:
         try:
@@ -77,33 +81,48 @@ def write_export(
 
     `training_args` (a script's `vars(args)`; paths are written as strings) is model.json's "training".
     """
+    with staged_directory(out_dir) as staging:
+        torch.save(clean_state_dict(model.state_dict()), staging / WEIGHTS_FILE)
+        write_spec_and_labels(staging, {
+            "format_version": EXPORT_FORMAT_VERSION,
+            "name": name,
+            "modality": modality,
+            "arch": arch,
+            "model_args": model_args,
+            "preprocess": preprocess,
+            "num_labels": len(labels),
+            "metrics": metrics or {},
+            "training": dict(training_args or {}),
+            "versions": package_versions(packages),
+        }, labels)
+        for file_name, source in (extra_files or {}).items():
+            shutil.copyfile(source, staging / file_name)
+    return Path(out_dir)
+
+
+@contextmanager
+def staged_directory(out_dir):
+    """A fresh `<out_dir>.partial` to fill, swapped in whole for out_dir when the block succeeds, so
+    that a crash mid-export never leaves a half-written export behind (nor replaces a good one)."""
     out_dir = Path(out_dir)
     staging = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    torch.save(clean_state_dict(model.state_dict()), staging / WEIGHTS_FILE)
-    spec = {
-        "format_version": EXPORT_FORMAT_VERSION,
-        "name": name,
-        "modality": modality,
-        "arch": arch,
-        "model_args": model_args,
-        "preprocess": preprocess,
-        "num_labels": len(labels),
-        "metrics": metrics or {},
-        "training": dict(training_args or {}),
-        "versions": _package_versions(packages),
-    }
-    (staging / MODEL_JSON).write_text(json.dumps(spec, indent=2, default=_json_value) + "\n")
-    (staging / LABELS_FILE).write_text(
-        json.dumps({str(i): label for i, label in enumerate(labels)}, indent=2) + "\n"
-    )
-    for file_name, source in (extra_files or {}).items():
-        shutil.copyfile(source, staging / file_name)
-    # Swap in whole so that a crash mid-export never leaves a half-written export behind.
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)
-    return out_dir
+
+
+def write_spec_and_labels(directory: Path, spec: dict, labels: List[str]) -> None:
+    """model.json and index_to_name.json, as every export (and every ONNX variant of one) has them."""
+    (directory / MODEL_JSON).write_text(json.dumps(spec, indent=2, default=_json_value) + "\n")
+    (directory / LABELS_FILE).write_text(
+        json.dumps({str(i): label for i, label in enumerate(labels)}, indent=2) + "\n"
+    )
 
 
 @dataclass
@@ -119,20 +138,32 @@ def read_labels(export_dir) -> List[str]:
     return [mapping[str(i)] for i in range(len(mapping))]
 
 
+def read_spec(export_dir, modality: Optional[str] = None) -> dict:
+    """model.json; with `modality`, an export of another modality is refused before anything is built."""
+    path = Path(export_dir) / MODEL_JSON
+    spec = json.loads(path.read_text())
+    if modality is not None and spec.get("modality") != modality:
+        raise ValueError(f"{path} is a {spec.get('modality')!r} export; expected a {modality!r} one")
+    return spec
+
+
+def checked_labels(export_dir, spec: dict) -> List[str]:
+    """The labels, refused unless there are as many as model.json says the model has."""
+    labels = read_labels(export_dir)
+    if len(labels) != spec["num_labels"]:
+        raise ValueError(
+            f"{Path(export_dir) / LABELS_FILE} has {len(labels)} labels but model.json says {spec['num_labels']}"
+        )
+    return labels
+
+
 def load_export(export_dir, device="cpu", modality: Optional[str] = None) -> LoadedExport:
     """Rebuild the model from model.json, load its weights, and put it in eval mode on `device`.
     With `modality`, an export of another modality is refused before anything is built."""
     export_dir = Path(export_dir)
-    spec = json.loads((export_dir / MODEL_JSON).read_text())
-    if modality is not None and spec.get("modality") != modality:
-        raise ValueError(f"{export_dir / MODEL_JSON} is a {spec.get('modality')!r} export; expected a {modality!r} one")
+    spec = read_spec(export_dir, modality)
     model = build_model(spec["arch"], modality=spec["modality"], **spec["model_args"])
     state_dict = torch.load(export_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     model.load_state_dict(state_dict)
     model.to(device).eval()
-    labels = read_labels(export_dir)
-    if len(labels) != spec["num_labels"]:
-        raise ValueError(
-            f"{export_dir / LABELS_FILE} has {len(labels)} labels but model.json says {spec['num_labels']}"
-        )
-    return LoadedExport(model=model, spec=spec, labels=labels, directory=export_dir)
+    return LoadedExport(model=model, spec=spec, labels=checked_labels(export_dir, spec), directory=export_dir)

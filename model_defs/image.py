@@ -85,6 +85,10 @@ def load_image(content: bytes, max_pixels: int) -> Image.Image:
         image = Image.open(io.BytesIO(content))
     except Image.DecompressionBombError as error:
         raise ImageTooLargeError(str(error)) from None
+    except Image.UnidentifiedImageError:
+        # PIL's own message names the in-memory buffer by its address, which would make the same bad
+        # upload get a different answer from every worker.
+        raise ImageDecodeError("not a decodable image (no image format PIL reads recognises these bytes)") from None
     except Exception as error:
         raise ImageDecodeError(f"not a decodable image ({type(error).__name__}: {error})") from None
     width, height = image.size
