@@ -280,6 +280,7 @@ def _checked_setting(spec, value):
 class PreparedBatch:
     size: int                               # requests in the batch
     inputs: Any = None                      # what collate() built from the valid items
+    items: Optional[list] = None            # the valid items themselves: inference re-collates halves on out-of-memory
     # The request index of each item (each row of inputs). A plain request is one item; a KServe
     # v1/v2 request owns one item per instance, so its index repeats.
     valid_indices: List[int] = field(default_factory=list)
@@ -317,6 +318,23 @@ def merge_headers(per_item: List[Dict[str, str]]) -> Dict[str, str]:
 def over_budget_error(budget_seconds: float) -> ItemError:
     return ItemError(503, "ExplanationBudgetSpent",
                      f"this batch spent its {budget_seconds:g} s explanation budget before reaching this request; retry it")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """torch's CUDA allocator raises torch.OutOfMemoryError; its CPU allocator and ONNX Runtime raise
+    RuntimeErrors that say so in words."""
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    message = str(error).lower()
+    return isinstance(error, RuntimeError) and any(
+        words in message for words in ("out of memory", "can't allocate memory", "failed to allocate memory"))
+
+
+def out_of_memory_error(device: torch.device) -> ItemError:
+    # 507 Insufficient Storage, as TorchServe itself answers for a batch lost with its worker: the
+    # server, not the request, ran short; the client may retry, or send a smaller input.
+    return ItemError(507, "OutOfMemory", f"the model ran out of memory ({device.type}) on this request even "
+                                         "alone in its batch; retry later, or send a smaller input")
 
 
 def internal_error() -> ItemError:
@@ -442,7 +460,7 @@ class BatchClassifierHandler(BaseHandler):
         except Exception:
             logger.exception("postprocessing failed for a batch of %d", batch.size)
             batch.fail_valid_items(internal_error())
-        explained = [index for index in batch.requests() if self.is_explanation(index)]
+        explained = [index for index in batch.requests() if index not in batch.errors and self.is_explanation(index)]
         if explained:
             self.explain_batch(batch, data, explained)
         context.metrics.add_time("HandlerTime", round((time.perf_counter() - started) * 1000, 2), None, "ms")
@@ -481,6 +499,7 @@ class BatchClassifierHandler(BaseHandler):
                 item_headers.append(headers)
                 batch.valid_indices.append(index)
         if items:
+            batch.items = items
             try:
                 batch.inputs = self.collate(items)
                 for position, headers in enumerate(self.batch_headers(batch.inputs)):
@@ -515,11 +534,48 @@ class BatchClassifierHandler(BaseHandler):
     def inference(self, batch: PreparedBatch, *args, **kwargs) -> PreparedBatch:
         if batch.inputs is None:
             return batch
+        if batch.items is None:  # a subclass's own preprocess kept no items to split: one try
+            batch.probabilities = self.probabilities(batch.inputs)
+            return batch
+        exhausted: List[int] = []  # positions that ran out of memory even alone
+        batch.probabilities = self.probabilities_splitting_on_oom(batch.inputs, batch.items, 0, exhausted)
+        for position in exhausted:
+            batch.errors[batch.valid_indices[position]] = out_of_memory_error(self.device)
+        return batch
+
+    def probabilities(self, inputs) -> torch.Tensor:
+        """Softmax of one forward pass over collated `inputs`, on CPU."""
         autocast = torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
         with torch.inference_mode(), autocast:
-            logits = self.forward(batch.inputs)
-        batch.probabilities = torch.softmax(logits.float(), dim=1).cpu()
-        return batch
+            logits = self.forward(inputs)
+        return torch.softmax(logits.float(), dim=1).cpu()
+
+    def probabilities_splitting_on_oom(self, inputs, items: list, offset: int, exhausted: List[int]) -> torch.Tensor:
+        """probabilities(inputs); when the forward pass runs out of memory, the same for each half of
+        `items`, recursively, down to single items: an item that runs out alone gets a NaN row and
+        its position in `exhausted`. Splitting is sound because a classifier in eval mode treats the
+        items of a batch independently (no batch statistics): a half yields the same rows. Any other
+        exception propagates (handle answers the batch 500)."""
+        try:
+            return self.probabilities(inputs)
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            logger.warning("out of memory (%s) on %d item(s)%s: %s", self.device, len(items),
+                           "; retrying in halves" if len(items) > 1 else "", str(error).splitlines()[0][:300])
+            self.context.metrics.add_counter("ts_handler_out_of_memory", 1, None)
+        # Retried out of the except block: the exception's traceback holds the failed forward's frames
+        # and tensors, and the device memory is freed only once they are gone.
+        del inputs
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if len(items) == 1:
+            exhausted.append(offset)
+            return torch.full((1, len(self.labels)), float("nan"))
+        half = len(items) // 2
+        first, second = items[:half], items[half:]
+        return torch.cat([self.probabilities_splitting_on_oom(self.collate(first), first, offset, exhausted),
+                          self.probabilities_splitting_on_oom(self.collate(second), second, offset + half, exhausted)])
 
     @timed
     def postprocess(self, batch: PreparedBatch) -> PreparedBatch:
@@ -554,9 +610,11 @@ class BatchClassifierHandler(BaseHandler):
                 batch.errors[index] = error
             except OptionError as error:
                 batch.errors[index] = ItemError(400, "InvalidExplanationOptions", str(error))
-            except Exception:
+            except Exception as error:
                 logger.exception("explaining request %d of the batch failed", index)
-                batch.errors[index] = internal_error()
+                # Attribution runs many forward passes at once (explain_internal_batch_size): the likeliest
+                # place to run out of memory, and the client's to retry or ask a cheaper method for.
+                batch.errors[index] = out_of_memory_error(self.device) if is_out_of_memory(error) else internal_error()
 
     def explain_item(self, batch: PreparedBatch, index: int, position: int, row: Dict[str, Any]) -> Dict[str, Any]:
         """The explanation of the item at `position` of the batch, with request `index`'s options."""

@@ -184,10 +184,10 @@ def test_a_bug_while_preparing_one_item_is_a_500_that_leaks_nothing(image_handle
 def test_a_failing_forward_pass_answers_500_for_its_items_and_keeps_the_4xx(image_handler, monkeypatch, caplog):
     handler, _ = image_handler
 
-    def out_of_memory(inputs):
-        raise RuntimeError(f"CUDA out of memory at {SECRET}")
+    def broken(inputs):
+        raise RuntimeError(f"mat1 and mat2 shapes cannot be multiplied at {SECRET}")
 
-    monkeypatch.setattr(handler, "forward", out_of_memory)
+    monkeypatch.setattr(handler, "forward", broken)
     with caplog.at_level(logging.ERROR):
         responses = predict(image_handler, worker_row(png_bytes("star")), worker_row(b""), worker_row(png_bytes("cross")))
     assert [r.status for r in responses] == [500, 400, 500]
