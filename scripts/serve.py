@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 from scripts import samples
-from scripts.local_torchserve import VENV_BIN, read_properties, set_default_versions, wait_until_ready
+from scripts.load_failures import wait_for_models
+from scripts.local_torchserve import VENV_BIN, read_properties, set_default_versions
 from scripts.model_store import default_versions, model_names, scan
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -37,10 +38,18 @@ def main():
     inference_url, management_url = properties["inference_address"], properties["management_address"]
     try:
         # Every version of every model, each by name/version.
-        keys = wait_until_ready(management_url, [f"{a.model}/{a.version}" for a in archives], KEY_FILE, READY_TIMEOUT_S)
+        # A model whose worker keeps dying while loading is reported as soon as it has failed twice,
+        # with the exception from its log, instead of being waited on for READY_TIMEOUT_S.
+        keys, broken = wait_for_models(management_url, [f"{a.model}/{a.version}" for a in archives], KEY_FILE,
+                                       REPO_ROOT / "logs", READY_TIMEOUT_S)
         set_default_versions(management_url, default_versions(archives), keys["management"]["key"])
     except TimeoutError as error:
         sys.exit(f"serve: {error}; see logs/model_log.log and logs/ts_log.log")
+    for model, reason in broken.items():
+        print(f"serve: {model} did not load: {reason}; logs/model_log.log has the traceback", file=sys.stderr)
+    models = [model for model in models if not any(b.split("/", 1)[0] == model for b in broken)]
+    if not models:
+        sys.exit("serve: no model loaded; stop the server with: make stop")
     print(f"TorchServe is up with {', '.join(models)} (READY in {time.monotonic() - started:.0f}s); logs in logs/, stop with: make stop\n")
     sample_files = samples.write_samples(REPO_ROOT / "samples", models)
 
@@ -62,6 +71,8 @@ def main():
     expiry = keys["inference"].get("expiration time", "")
     print(f"\nKeys are in key_file.json; the inference and management keys expire {expiry} "
           f"(refresh: README, 'Keys').")
+    if broken:  # the others serve, but make serve fails so that a script running it notices
+        sys.exit(f"serve: {len(broken)} model(s) did not load: {', '.join(broken)}")
 
 
 if __name__ == "__main__":
