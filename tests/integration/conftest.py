@@ -116,3 +116,33 @@ def server(tmp_path_factory, request):
         process.stop()
         if request.session.testsfailed and reporter is not None:
             reporter.write_line(f"\nTorchServe logs ({workdir}):\n{process.logs()}")
+
+
+@pytest.fixture(scope="module")
+def own_torchserve(tmp_path_factory, request):
+    """Starts a TorchServe of a test module's own: `start(model_store, ready_models, overrides)` (a
+    model store it built, config.properties overrides such as a small job_queue_size), waiting until
+    `ready_models` are READY. Every server started is stopped when the module ends; its logs are
+    printed when a test failed."""
+    started = []
+
+    def start(model_store, ready_models: List[str], overrides=None) -> TorchServe:
+        workdir = tmp_path_factory.mktemp("own_torchserve")
+        properties = write_config(workdir / "config.properties", model_store, overrides)
+        process = ForegroundTorchServe(workdir, workdir / "config.properties")
+        started.append(process)
+        server = TorchServe(properties["inference_address"], properties["management_address"],
+                            properties["metrics_address"], list(ready_models), process)
+        try:
+            server.keys = wait_until_ready(server.management_url, ready_models, process.key_file, STARTUP_TIMEOUT_S,
+                                           process.process)
+        except (RuntimeError, TimeoutError) as error:
+            pytest.fail(f"{error}\n{process.logs()}")
+        return server
+
+    yield start
+    reporter = request.config.pluginmanager.getplugin("terminalreporter")
+    for process in started:
+        process.stop()
+        if request.session.testsfailed and reporter is not None:
+            reporter.write_line(f"\nTorchServe logs ({process.workdir}):\n{process.logs()}")
