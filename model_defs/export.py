@@ -102,19 +102,34 @@ def write_export(
 
 @contextmanager
 def staged_directory(out_dir):
-    """A fresh `<out_dir>.partial` to fill, swapped in whole for out_dir when the block succeeds, so
-    that a crash mid-export never leaves a half-written export behind (nor replaces a good one)."""
+    """A fresh `.partial/<name>` beside out_dir to fill, swapped in whole for out_dir when the block
+    succeeds, so that a crash mid-export never leaves a half-written export behind (nor replaces a
+    good one). The staging folder sits one level down in a hidden folder: a run killed outright
+    (SIGKILL, the OOM killer) leaves it behind, and there no `exports/*/model.json` glob (archive.sh,
+    the live fixture, the Makefile) mistakes it for an export."""
     out_dir = Path(out_dir)
-    staging = out_dir.with_name(out_dir.name + ".partial")
+    staging, previous = out_dir.parent / ".partial" / out_dir.name, out_dir.parent / ".partial" / f"{out_dir.name}.old"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
         yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        _remove_if_empty(staging.parent)
         raise
-    shutil.rmtree(out_dir, ignore_errors=True)
+    shutil.rmtree(previous, ignore_errors=True)
+    if out_dir.exists():
+        out_dir.rename(previous)  # two renames: out_dir is missing only between them, never half-written
     staging.rename(out_dir)
+    shutil.rmtree(previous, ignore_errors=True)
+    _remove_if_empty(staging.parent)
+
+
+def _remove_if_empty(directory: Path) -> None:
+    try:
+        directory.rmdir()
+    except OSError:  # another export's staging is in it, or it is gone
+        pass
 
 
 def write_spec_and_labels(directory: Path, spec: dict, labels: List[str]) -> None:
