@@ -1,0 +1,190 @@
+"""Faults under load on the session's TorchServe (the shipped config.properties): a worker killed,
+workers scaled down and up, a burst past the queue, a client that sends its body slowly. Every test
+is bounded in requests and in time, and checks that every request got an answer: a 200, or a clear
+5xx JSON error where the fault makes one unavoidable, never a hang.
+
+Each prints its measured figures (run with -s to see them); README "Production notes" quotes them.
+"""
+import io
+import json
+import os
+import signal
+import socket
+import statistics
+import threading
+import time
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench.load import NO_ANSWER, Client, Payload, SteadyLoad, sample_payloads, summary
+
+IMAGE, TEXT = "image_classifier", "text_classifier"
+CLIENTS = 4
+RECOVERY_LIMIT_S = 10
+
+
+def payload(model: str) -> Payload:
+    return sample_payloads([model])[model]
+
+
+def inference_key(server) -> str:
+    return server.keys["inference"]["key"]
+
+
+def assert_every_request_answered(outcomes):
+    unanswered = [o for o in outcomes if o.status is NO_ANSWER]
+    assert not unanswered, f"{len(unanswered)} requests got no answer within their timeout: {unanswered[:3]}"
+
+
+def test_a_worker_killed_under_load_costs_its_batch_and_serves_again_within_10_s(server):
+    (worker,) = server.describe(IMAGE)[0]["workers"]
+    with SteadyLoad(server.inference_url, inference_key(server), IMAGE, payload(IMAGE), CLIENTS, max_seconds=60) as load:
+        time.sleep(3)
+        killed_at = time.monotonic()
+        os.kill(worker["pid"], signal.SIGKILL)
+        # Until a request sent after the kill is answered 200, or 30 s; then 2 s more of steady load.
+        while time.monotonic() - killed_at < 30 and not any(o.ok and o.due > killed_at for o in list(load.outcomes)):
+            time.sleep(0.1)
+        time.sleep(2)
+    outcomes = load.stop()
+    assert_every_request_answered(outcomes)
+    failed = [o for o in outcomes if not o.ok]
+    served_again = [o.done for o in outcomes if o.ok and o.due > killed_at]
+    assert served_again, summary(outcomes)
+    recovery = min(served_again) - killed_at
+    print(f"\nkill -9 of the {IMAGE} worker under {CLIENTS} clients: {len(failed)} of {len(outcomes)} requests failed "
+          f"({sorted({(o.status, o.error) for o in failed})}), 200 again {recovery:.1f} s after the kill; {summary(outcomes)}")
+    # Only the requests in the killed worker's batch fail: at most one per client, each with a 5xx.
+    assert len(failed) <= CLIENTS and all(500 <= o.status < 600 for o in failed), failed
+    assert recovery < RECOVERY_LIMIT_S
+    (restarted,) = server.describe(IMAGE)[0]["workers"]
+    assert restarted["pid"] != worker["pid"] and restarted["status"] == "READY"
+
+
+def test_scaling_up_under_load_fails_no_request(server):
+    with SteadyLoad(server.inference_url, inference_key(server), IMAGE, payload(IMAGE), CLIENTS, max_seconds=150) as load:
+        time.sleep(1)
+        server.scale_to(IMAGE, 3)
+        time.sleep(2)
+    outcomes = load.stop()
+    print(f"\nscaling {IMAGE} 1 -> 3 under {CLIENTS} clients: {summary(outcomes)}")
+    assert_every_request_answered(outcomes)
+    assert all(o.ok for o in outcomes), summary(outcomes)
+
+
+# TorchServe 0.12's scale-down (WorkerThread.shutdown) closes the removed worker's connection at once:
+# its batch in flight is answered 500 "Worker scaled down." or, when the shutdown races the worker
+# thread's own clean-up, never answered at all. Measured here: of six 3 -> 1 scale-downs under 4
+# clients, two lost 3-4 requests for good, two answered 4 requests 500, two lost none. Nothing in a
+# handler or a config can drain a worker before TorchServe removes it, so this stays a known failure
+# (README, Production notes: scale down when idle, or behind a proxy that retries); strict=False
+# because it passes whenever no batch happens to be in flight on a removed worker.
+@pytest.mark.xfail(strict=False, reason="TorchServe 0.12 drops the batch in flight on a worker it scales down")
+def test_scaling_down_under_load_fails_no_request(server):
+    if len(server.describe(IMAGE)[0]["workers"]) != 3:
+        server.scale_to(IMAGE, 3)
+    try:
+        # A short client timeout: a request that TorchServe lost is recorded, not waited on for 30 s.
+        with SteadyLoad(server.inference_url, inference_key(server), IMAGE, payload(IMAGE), CLIENTS, max_seconds=60,
+                        timeout_s=10) as load:
+            time.sleep(1)
+            server.scale(IMAGE, 1, 1)
+            time.sleep(2)
+        outcomes = load.stop()
+    finally:
+        server.scale_to(IMAGE, 1)
+    print(f"\nscaling {IMAGE} 3 -> 1 under {CLIENTS} clients: {summary(outcomes)}")
+    assert_every_request_answered(outcomes)
+    assert all(o.ok for o in outcomes), summary(outcomes)
+
+
+def noise_jpeg(width=400, height=300) -> bytes:
+    """A photo-like JPEG (no compressible areas) whose decoding costs the worker a few ms."""
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def sequential_latencies(client: Client, count: int = 15) -> list:
+    outcomes = [client.send() for _ in range(count)]
+    assert all(o.ok for o in outcomes), summary(outcomes)
+    return [o.latency for o in outcomes]
+
+
+def test_a_burst_past_the_queue_gets_fast_503s_then_full_speed_again(server):
+    queue = int(server.describe(IMAGE)[0]["jobQueueStatus"]["remainingCapacity"])  # job_queue_size=100, idle
+    burst = 2 * queue + 50
+    photo = Payload(noise_jpeg(), {"Content-Type": "image/jpeg"})
+    probe = Client(server.inference_url, inference_key(server), IMAGE, payload(IMAGE))
+    before = statistics.median(sequential_latencies(probe))
+
+    clients = [Client(server.inference_url, inference_key(server), IMAGE, photo, timeout_s=60) for _ in range(burst)]
+    outcomes, lock, go = [], threading.Lock(), threading.Barrier(burst)
+
+    def send(client):
+        go.wait()  # all at once
+        outcome = client.send()
+        with lock:
+            outcomes.append(outcome)
+        client.close()
+
+    threads = [threading.Thread(target=send, args=(client,)) for client in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(outcomes) == burst
+    assert_every_request_answered(outcomes)
+    rejected = [o for o in outcomes if o.status == 503]
+    served = [o for o in outcomes if o.ok]
+    slowest_503 = max(o.latency for o in rejected) if rejected else None
+    after = statistics.median(sequential_latencies(probe))
+    print(f"\nburst of {burst} concurrent {len(photo.body) // 1024} kB JPEGs at {IMAGE} (queue {queue}): "
+          f"{len(rejected)} x 503 (slowest {slowest_503:.2f} s), {len(served)} x 200 (slowest "
+          f"{max(o.latency for o in served):.2f} s); median latency alone {1000 * before:.0f} ms before, "
+          f"{1000 * after:.0f} ms after")
+    assert len(rejected) + len(served) == burst, summary(outcomes)
+    # The worker drains the queue while the burst arrives, so more than `queue` may be served; but
+    # the queue was filled (not refused early), and past it requests were refused.
+    assert rejected and len(served) >= queue, summary(outcomes)
+    assert all(o.error == "ServiceUnavailableException" for o in rejected), {o.error for o in rejected}
+    # Fast: a 503 never waits for the queue to drain, which is what the 200s at its back do.
+    assert slowest_503 < 3.0 and slowest_503 < max(o.latency for o in served)
+    assert after < 2 * before + 0.05, "full speed once the burst is over"
+
+
+def test_a_client_sending_its_body_slowly_does_not_delay_the_others(server):
+    text = "my card was charged twice for the same order".encode()
+    address = urlsplit(server.inference_url)
+    slow = socket.create_connection((address.hostname, address.port), timeout=30)
+    head = (f"POST /predictions/{TEXT} HTTP/1.1\r\nHost: {address.netloc}\r\nContent-Type: text/plain\r\n"
+            f"Authorization: Bearer {inference_key(server)}\r\nContent-Length: {len(text)}\r\n\r\n").encode()
+    slow.sendall(head)
+    client = Client(server.inference_url, inference_key(server), TEXT, Payload(text, {"Content-Type": "text/plain"}))
+    others, trickle_started = [], time.monotonic()
+    try:
+        for offset in range(len(text)):  # one byte every 0.1 s: about 4.5 s for the body
+            slow.sendall(text[offset:offset + 1])
+            if offset % 3 == 0:
+                others.append(client.send())
+            time.sleep(0.1)
+        trickled = time.monotonic() - trickle_started
+        reply = b""
+        while b"\r\n\r\n" not in reply or len(reply.split(b"\r\n\r\n", 1)[1]) < 10:
+            chunk = slow.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    finally:
+        slow.close()
+        client.close()
+    status_line, body = reply.split(b"\r\n", 1)[0], reply.split(b"\r\n\r\n", 1)[-1]
+    latencies = [o.latency for o in others]
+    print(f"\na body trickled over {trickled:.1f} s; meanwhile {len(others)} other requests, slowest "
+          f"{1000 * max(latencies):.0f} ms; the slow one: {status_line.decode()}")
+    assert all(o.ok for o in others) and max(latencies) < 1.0, summary(others)
+    assert b" 200" in status_line and next(iter(json.loads(body))) == "billing"
