@@ -167,6 +167,7 @@ def run_soak(target: Target, models: List[str], seconds: float, warmup_seconds: 
         "seconds": seconds,
         "models": models,
         "rates": {model: round(rate, 2) for model, rate in rates.items()},
+        "scheduled": sum(max(1, int(rate * seconds)) for rate in rates.values()),  # as open_loop counts them
         "summary": summary(outcomes),
         "per_model": {model: summary([o for o in outcomes if o.model == model]) for model in models},
         "errors": len(errors),
