@@ -92,18 +92,19 @@ def test_scaling_down_under_load_loses_at_most_the_removed_workers_batches(serve
                         timeout_s=10) as load:
             time.sleep(1)
             server.scale(IMAGE, 1, 1)
-            scaled_at = time.monotonic()
             time.sleep(2)
         outcomes = load.stop()
         (remaining,) = server.describe(IMAGE)[0]["workers"]
         assert remaining["status"] == "READY"
+        # Clients whose requests were lost sat out their timeout: ask the remaining worker directly.
+        after = Client(server.inference_url, inference_key(server), IMAGE, payload(IMAGE)).send()
+        assert after.ok, after
     finally:
         server.scale_to(IMAGE, 1)
     print(f"\nscaling {IMAGE} 3 -> 1 under {CLIENTS} clients: {summary(outcomes)}")
     lost = [o for o in outcomes if not o.ok]
     assert len(lost) <= CLIENTS, summary(outcomes)
     assert all(o.status is NO_ANSWER or o.status == 500 for o in lost), lost
-    assert any(o.ok and o.due > scaled_at for o in outcomes), "the remaining worker serves after the scale-down"
 
 
 def noise_jpeg(width=400, height=300) -> bytes:
