@@ -42,7 +42,6 @@ def main():
         # with the exception from its log, instead of being waited on for READY_TIMEOUT_S.
         keys, broken = wait_for_models(management_url, [f"{a.model}/{a.version}" for a in archives], KEY_FILE,
                                        REPO_ROOT / "logs", READY_TIMEOUT_S)
-        set_default_versions(management_url, default_versions(archives), keys["management"]["key"])
     except TimeoutError as error:
         sys.exit(f"serve: {error}; see logs/model_log.log and logs/ts_log.log")
     for model, reason in broken.items():
@@ -50,6 +49,9 @@ def main():
     models = [model for model in models if not any(b.split("/", 1)[0] == model for b in broken)]
     if not models:
         sys.exit("serve: no model loaded; stop the server with: make stop")
+    # Only the models that loaded: a broken one has no version to make the default.
+    defaults = {model: version for model, version in default_versions(archives).items() if model in models}
+    set_default_versions(management_url, defaults, keys["management"]["key"])
     print(f"TorchServe is up with {', '.join(models)} (READY in {time.monotonic() - started:.0f}s); logs in logs/, stop with: make stop\n")
     sample_files = samples.write_samples(REPO_ROOT / "samples", models)
 
