@@ -53,10 +53,14 @@ def write_config(destination: Path, model_store: Path, overrides: Optional[Dict[
     return read_properties(destination)
 
 
+def bearer(key: Optional[str]) -> Dict[str, str]:
+    """The Authorization header for a TorchServe key; none for a server without token authorization."""
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def describe(management_url: str, model: str, management_key: Optional[str]) -> list:
     """GET /models/<model> (`<model>/all`: every version); no key for a server without token authorization."""
-    headers = {"Authorization": f"Bearer {management_key}"} if management_key else {}
-    response = requests.get(f"{management_url}/models/{model}", headers=headers, timeout=30)
+    response = requests.get(f"{management_url}/models/{model}", headers=bearer(management_key), timeout=30)
     response.raise_for_status()
     return response.json()
 
@@ -97,9 +101,9 @@ def wait_until_ready(management_url: str, models: List[str], key_file: Optional[
 def set_default_versions(management_url: str, defaults: Dict[str, str], management_key: Optional[str]) -> None:
     """PUT /models/<m>/<version>/set-default for each model: which version TorchServe loads first,
     and so makes the default, is chance (model_store.default_versions)."""
-    headers = {"Authorization": f"Bearer {management_key}"} if management_key else {}
     for model, version in defaults.items():
-        response = requests.put(f"{management_url}/models/{model}/{version}/set-default", headers=headers, timeout=30)
+        response = requests.put(f"{management_url}/models/{model}/{version}/set-default", headers=bearer(management_key),
+                                timeout=30)
         response.raise_for_status()
 
 
