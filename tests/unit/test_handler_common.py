@@ -12,7 +12,7 @@ from ts.metrics.metric_type_enum import MetricTypes
 import handler_common
 from export_paths import REPO_ROOT, export_dir
 from handler_common import HandlerSettings, WorkerThreads
-from handler_harness import load_handler, predict, worker_row
+from scripts.handler_harness import load_handler, predict, worker_row
 from text_classifier_handler import TextSettings
 from train.synthetic_shapes import render_shape
 

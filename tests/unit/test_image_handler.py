@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from export_paths import export_dir
-from handler_harness import load_handler, predict, single, top_label, worker_row
+from scripts.handler_harness import load_handler, predict, single, top_label, worker_row
 from model_defs.export import load_export
 from model_defs.image import eval_transform, load_image
 from train.synthetic_shapes import SHAPES, generate, render_shape

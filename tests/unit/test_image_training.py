@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from handler_harness import load_handler, run_batch, worker_row
+from scripts.handler_harness import load_handler, run_batch, worker_row
 from train import image as train_image
 from train.common import DataError
 from train.synthetic_shapes import render_shape

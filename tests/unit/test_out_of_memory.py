@@ -12,7 +12,7 @@ import torch
 
 import handler_common
 from export_paths import export_dir
-from handler_harness import explain, load_handler, predict, run_batch, worker_row
+from scripts.handler_harness import explain, load_handler, predict, run_batch, worker_row
 from train.synthetic_shapes import render_shape
 from train.synthetic_sounds import generate_clip
 

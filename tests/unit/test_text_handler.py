@@ -9,8 +9,8 @@ import yaml
 from ts.context import RequestProcessor
 from ts.utils.util import list_classes_from_module
 
-import handler_harness
-from handler_harness import REPO_ROOT, load_handler, run_batch, worker_row
+from scripts import handler_harness
+from scripts.handler_harness import REPO_ROOT, load_handler, run_batch, worker_row
 from model_defs.export import load_export
 from model_defs.text import TOKENIZER_FILE, TextEncoder, normalize_text
 from train import text as train_text

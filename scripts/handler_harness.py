@@ -1,4 +1,5 @@
-"""Runs a handler in-process the way a TorchServe worker does, without Java.
+"""Runs a handler in-process the way a TorchServe worker does, without Java: the unit tests' harness,
+and the benchmark's in-process baseline (bench/in_process.py).
 
 `load_handler` builds the worker's Context (system properties, model-config, real metrics cache)
 around a real export; `worker_row` turns one HTTP request into the row the worker would hand the
@@ -8,6 +9,7 @@ handler (JSON parsed, text/* decoded to str with its bytes fallback); `run_batch
 import importlib
 import json
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence
@@ -19,6 +21,10 @@ from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 import ts
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Handlers import `handler_common` and `model_defs` top-level, as they do inside an archive.
+for _path in (REPO_ROOT, REPO_ROOT / "handlers"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 METRICS_YAML = Path(ts.__file__).parent / "configs" / "metrics.yaml"
 
 
