@@ -15,6 +15,8 @@ import requests
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
 LISTENERS = ("inference_address", "management_address", "metrics_address")
+# The frontend's logging (log4j2.xml says why it is not TorchServe's own).
+LOG_CONFIG = REPO_ROOT / "log4j2.xml"
 
 
 def read_properties(path: Path) -> Dict[str, str]:
@@ -115,7 +117,7 @@ class ForegroundTorchServe:
     """
 
     def __init__(self, workdir: Path, config: Path, env: Optional[Dict[str, str]] = None,
-                 model_store: Optional[Path] = None):
+                 model_store: Optional[Path] = None, log_config: Optional[Path] = LOG_CONFIG):
         self.workdir = Path(workdir)
         environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # archives must stand alone
         environment.update(PATH=f"{VENV_BIN}:{environment.get('PATH', '')}", TMPDIR=str(self.workdir),
@@ -124,7 +126,8 @@ class ForegroundTorchServe:
         with open(self.workdir / "torchserve.out", "wb") as out:
             self.process = subprocess.Popen(
                 [str(VENV_BIN / "torchserve"), "--start", "--foreground", "--ncs", "--ts-config", str(config),
-                 *(["--model-store", str(model_store)] if model_store else [])],
+                 *(["--model-store", str(model_store)] if model_store else []),
+                 *(["--log-config", str(log_config)] if log_config else [])],
                 cwd=self.workdir, env=environment, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
 
