@@ -1,206 +1,497 @@
-"""Throughput, latency and memory of the image handler, as ratios against two baselines measured in
-the same run: the model in-process (the ceiling) and TorchServe's stock `image_classifier` handler
-serving the same weights behind the same TorchServe. The same weights also run as the bundle's ONNX
-Runtime variants, fp32 and int8 (`--variants`), under the same load, as ratios against the eager model.
+"""`make bench`: every speed and memory figure the project quotes comes from here.
 
-    .venv/bin/python -m bench.bench                    # 400 requests, 8 concurrent clients, 224x224 resnet18
-    .venv/bin/python -m bench.bench --requests 1000 --concurrency 16 --json result.json
-    .venv/bin/python -m bench.bench --variants         # eager and stock only
+    .venv/bin/python -m bench.bench                         # all models, concurrency 1 4 16 64, 8 s each
+    .venv/bin/python -m bench.bench --models image_classifier --concurrency 1 16 --seconds 4
+    .venv/bin/python -m bench.bench --device cuda           # on a GPU host (default: the GPU when there is one)
 
-Both handlers get the same untrained resnet18 at 224x224 (resize 256, crop 224: the stock handler's
-fixed preprocessing), one worker with all cores, batchSize 8 and maxBatchDelay 20 ms. Traffic stays
-on loopback and the request count is bounded.
+Two servers, one after the other, each a real TorchServe on loopback started as `make serve` starts
+it (config.properties with free ports):
+
+1. The bundle as shipped: every model's archive (built here, timed) with its own configs/<model>.yaml.
+   Per model: seconds from `torchserve --start` to READY; then, one model at a time while the others
+   idle, a closed-loop sweep over the client counts (keep-alive asyncio clients, bench/client.py),
+   with requests per second, p50/p90/p99, errors, the batch size the server formed (counted from the
+   handler's per-batch metric lines) and each worker's peak RSS; the latency of one explanation. Then,
+   with the server stopped, the in-process baseline (bench/in_process.py): the same handler at the
+   batch size the server formed, with the torch threads the served worker had, and at batch 1.
+2. The stock comparison: TorchServe's built-in `image_classifier` handler against this bundle's
+   image handler (eager fp32, ONNX Runtime fp32 and int8) on the same ResNet-18 at 224x224 (random
+   weights, from `python -m train.image --epochs 0`: the stock handler's fixed resize 256 / crop 224),
+   every model with the same model-config, on a small JPEG and on a 12-megapixel phone photo.
+
+Results: bench/results/<date>-<machine>.json, .md and .png (throughput against clients, latency
+percentiles). The client's own ceiling (GET /ping) is in the report: a model near it was limited
+by the client, not by the server.
 """
 import argparse
+import datetime
 import io
 import json
 import os
-import statistics
+import platform
+import re
 import subprocess
+import sys
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Dict, List, Optional
 
-import psutil  # a torchserve dependency
+import numpy as np
 import requests
 import torch
+from PIL import Image, ImageDraw
 
-from bench.stock_resnet18 import NUM_CLASSES, StockResNet18
-from model_defs.export import load_export, write_export
-from model_defs.image import eval_transform, load_image, preprocess_params
+from bench import client, in_process
+from bench.stock_resnet18 import StockResNet18
+from model_defs.image import eval_transform, preprocess_params
 from model_defs.onnx_export import export_int8, export_onnx
-from scripts.local_torchserve import VENV_BIN, ForegroundTorchServe, describe, wait_until_ready, write_config
-from train.synthetic_shapes import SHAPES, generate, render_shape
+from scripts.local_torchserve import LOG_CONFIG, REPO_ROOT, VENV_BIN, ForegroundTorchServe, bearer, describe, write_config
+from scripts.samples import modality_of, write_samples
+from train.synthetic_shapes import generate, render_shape
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-OURS, STOCK = "image_classifier", "stock_image_classifier"
-# Every model is measured alone while the others idle, so each worker gets every core, as the stock
-# handler's does (the bundle's default, cores // live workers, would shrink with each model served).
-MODEL_CONFIG = ("minWorkers: 1\nmaxWorkers: 1\nbatchSize: 8\nmaxBatchDelay: 20\nresponseTimeout: 120\nhandler:\n"
-                f"  top_k: 5\n  threads_per_worker: {os.cpu_count() or 1}\n")
-VARIANTS = {"onnx": f"{OURS}_onnx", "int8": f"{OURS}_int8"}  # --variants choice → served model
-
-
-def get_args_parser():
-    parser = argparse.ArgumentParser(description="Benchmark the image handler against its baselines")
-    parser.add_argument("--requests", type=int, default=400, help="timed requests per model")
-    parser.add_argument("--concurrency", type=int, default=8, help="clients sending at once")
-    parser.add_argument("--warmup", type=int, default=24)
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--rounds", type=int, default=4,
-                        help="split each model's requests into this many rounds, taking the models in turn, so that "
-                             "load from other jobs on the machine falls on every model alike (default 4)")
-    parser.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=list(VARIANTS),
-                        help="ONNX Runtime variants of the same weights to serve and load alike (default: onnx int8)")
-    return parser
+BUNDLE_MODELS = ("image_classifier", "text_classifier", "audio_classifier", "image_classifier_onnx",
+                 "text_classifier_onnx", "audio_classifier_onnx", "image_classifier_int8")
+CONTENT_TYPES = {"image": "application/octet-stream", "text": "text/plain", "audio": "application/octet-stream"}
+STOCK = "stock_resnet18"
+# The comparison's models: this bundle's handler in each runtime, and the stock handler, same weights.
+COMPARED = {"resnet18_eager": "eager fp32", "resnet18_onnx": "ONNX Runtime fp32", "resnet18_int8": "ONNX Runtime int8",
+            STOCK: "stock handler"}
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
 
-def sample_jpeg() -> bytes:
+# ---- inputs -----------------------------------------------------------------------------------
+def small_jpeg() -> bytes:
+    """The small input: a 320x320 render of a demo shape, 90% JPEG (about 10 kB)."""
     buffer = io.BytesIO()
     render_shape("star", size=320, seed=1).save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
 
 
-def build_variants(exports: Path, variants) -> list:
-    """The bundle's export as ONNX Runtime fp32 and int8 exports (as `make exports` makes them; the
-    int8 one calibrated on generated shapes, since these weights are untrained: only speed counts)."""
-    if not variants:
-        return []
-    export_onnx(exports / OURS, exports / VARIANTS["onnx"])
-    if "int8" in variants:
-        transform = eval_transform(preprocess_params(224, resize=256))
-        images, _ = generate(64, 256, seed=0)
-        export_int8(exports / VARIANTS["onnx"], exports / VARIANTS["int8"],
-                    ({"images": torch.stack([transform(image) for image in images[i:i + 16]]).numpy()}
-                     for i in range(0, len(images), 16)))
-    return [VARIANTS[variant] for variant in variants]
+def phone_jpeg(width: int = 4032, height: int = 3024) -> bytes:
+    """A 12-megapixel photo as phones upload it (about 4 MB at quality 90): smooth light, sensor-like
+    noise and a shape, so the JPEG has a photo's entropy (a flat render would compress to a few kB)."""
+    rng = np.random.default_rng(12)
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    light = 90 + 80 * np.sin(xs / 700.0)[..., None] * np.cos(ys / 900.0)[..., None] * np.array([1.0, 0.8, 0.6], np.float32)
+    noise = rng.normal(0, 16, (height, width, 3)).astype(np.float32)
+    image = Image.fromarray(np.clip(light + noise, 0, 255).astype(np.uint8))
+    ImageDraw.Draw(image).regular_polygon((width / 2, height / 2, height / 3), 5, fill=(230, 200, 40))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
 
 
-def build_archives(workdir: Path, variants=()) -> tuple:
-    exports, store = workdir / "exports", workdir / "model_store"
-    torch.manual_seed(0)
-    model = StockResNet18().eval()
-    write_export(exports / OURS, model, name=OURS, modality="image", arch="resnet18",
-                 model_args={"num_classes": NUM_CLASSES, "image_size": 224},
-                 preprocess=preprocess_params(224, resize=256), labels=list(SHAPES))
-    served_variants = build_variants(exports, variants)
-    configs = workdir / "configs"
-    configs.mkdir()
-    for name in (OURS, *served_variants):
-        (configs / f"{name}.yaml").write_text(MODEL_CONFIG)  # the same worker and batching settings for all
-    env = {**os.environ, "EXPORTS_DIR": str(exports), "MODEL_STORE": str(store), "CONFIGS_DIR": str(configs)}
-    subprocess.run([str(REPO_ROOT / "archive.sh"), OURS, *served_variants], check=True, env=env, stdout=subprocess.DEVNULL)
+def payloads(models) -> Dict[str, dict]:
+    """Each model's request: the small JPEG for image models, `make serve`'s samples for text and audio."""
+    with tempfile.TemporaryDirectory() as directory:
+        files = {modality: path.read_bytes() for modality, path in write_samples(Path(directory), models).items()}
+    files["image"] = small_jpeg()
+    return {model: {"body": files[modality_of(model)], "content_type": CONTENT_TYPES[modality_of(model)]}
+            for model in models}
+
+
+# ---- the machine and the server ---------------------------------------------------------------
+def machine() -> dict:
+    cpu = platform.processor() or "cpu"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    facts = {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
+             "torch": torch.__version__, "python": platform.python_version(), "gpu": None}
+    if torch.cuda.is_available():
+        facts["gpu"] = torch.cuda.get_device_name(0)
+    return facts
+
+
+def machine_slug(facts: dict) -> str:
+    name = facts["gpu"] or facts["cpu"]
+    words = re.sub(r"\(.*?\)|processor|\d+-core", " ", name, flags=re.I)
+    return f"{facts['cores']}cores-" + re.sub(r"[^a-z0-9]+", "-", words.lower()).strip("-")[:40]
+
+
+def build_archives(names: List[str], store: Path, env: Optional[dict] = None) -> Dict[str, float]:
+    """archive.sh per model into `store`; the seconds each took (the archive build time)."""
+    seconds = {}
+    for name in names:
+        started = time.perf_counter()
+        subprocess.run([str(REPO_ROOT / "archive.sh"), name], check=True, stdout=subprocess.DEVNULL,
+                       env={**os.environ, "MODEL_STORE": str(store), **(env or {})})
+        seconds[name] = round(time.perf_counter() - started, 2)
+    return seconds
+
+
+class Server:
+    """A running TorchServe the benchmark sends to: `Server.start` launches one as `make serve` does
+    and times each model's start; the live test wraps its fixture's server."""
+
+    def __init__(self, workdir: Path, properties: Dict[str, str], keys: dict,
+                 process: Optional[ForegroundTorchServe] = None, ready_s: Optional[Dict[str, float]] = None):
+        self.workdir, self.properties, self.keys, self.process = Path(workdir), properties, keys, process
+        self.ready_s = ready_s or {}
+        self.url = properties["inference_address"]
+        self.inference_headers = bearer(keys["inference"]["key"])
+
+    @classmethod
+    def start(cls, workdir: Path, store: Path, models: List[str], device: str, startup_timeout_s: float = 300,
+              log_config: Optional[Path] = LOG_CONFIG) -> "Server":
+        workdir.mkdir(parents=True, exist_ok=True)
+        config = workdir / "config.properties"
+        # number_of_gpu explicit both ways: a GPU host measures its GPU, or its CPU when told --device cpu.
+        properties = write_config(config, store, {"number_of_gpu": "1" if device == "cuda" else "0"})
+        launched = time.monotonic()
+        process = ForegroundTorchServe(workdir, config, log_config=log_config)
+        ready, deadline = {}, launched + startup_timeout_s
+        while len(ready) < len(models):
+            if time.monotonic() > deadline or process.process.poll() is not None:
+                process.stop()
+                raise RuntimeError(f"not READY within {startup_timeout_s:.0f}s: {sorted(set(models) - set(ready))}\n"
+                                   f"{process.logs(60)}")
+            try:
+                keys = json.loads(process.key_file.read_text())
+                for model in set(models) - set(ready):
+                    workers = describe(properties["management_address"], model, keys["management"]["key"])[0]["workers"]
+                    if workers and all(worker["status"] == "READY" for worker in workers):
+                        ready[model] = round(time.monotonic() - launched, 2)
+            except (OSError, ValueError, KeyError, requests.RequestException):
+                pass
+            time.sleep(0.2)
+        return cls(workdir, properties, keys, process, ready)
+
+    def worker_pids(self, model: str) -> List[int]:
+        return [int(worker["pid"]) for worker in
+                describe(self.properties["management_address"], model, self.keys["management"]["key"])[0]["workers"]]
+
+    def log_text(self, name: str) -> str:
+        path = self.workdir / "logs" / name
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+
+def peak_rss_mb(pid: int) -> Optional[float]:
+    """The process's peak resident memory (VmHWM), in MiB."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^VmHWM:\s+(\d+) kB", status, flags=re.M)
+    return round(int(match.group(1)) / 1024, 1) if match else None
+
+
+def batches_in_log(log_text: str, model: str) -> int:
+    """Batches the model's handler ran: one ts_handler_preprocess metric line each (`profile: true`)."""
+    return len(re.findall(rf"\[METRICS\]ts_handler_preprocess\.Milliseconds:[\d.]+\|#ModelName:{re.escape(model)},", log_text))
+
+
+def served_threads(log_text: str, model: str) -> Optional[int]:
+    """The torch threads the model's worker last reported (handler_common.WorkerThreads logs them)."""
+    found = re.findall(rf"W-\d+-{re.escape(model)}_[^ ]*-stdout.*?worker pid \d+: (\d+) torch threads", log_text)
+    return int(found[-1]) if found else None
+
+
+def sweep(server: Server, model: str, body: bytes, content_type: str, concurrencies: List[int], seconds: float,
+          warmup_s: float) -> List[dict]:
+    """The model under each client count in turn; each run with its formed batch size."""
+    url, headers = f"{server.url}/predictions/{model}", {**server.inference_headers, "Content-Type": content_type}
+    runs = []
+    for concurrency in concurrencies:
+        if warmup_s > 0:
+            client.closed_loop(url, body, headers, concurrency, warmup_s)
+        before = batches_in_log(server.log_text("ts_log.log"), model)
+        run = client.closed_loop(url, body, headers, concurrency, seconds).summary()
+        time.sleep(0.3)  # the last batch's metric line
+        batches = batches_in_log(server.log_text("ts_log.log"), model) - before
+        run["mean_batch"] = round(run["requests"] / batches, 2) if batches else None
+        runs.append(run)
+    return runs
+
+
+def explanation_ms(server: Server, model: str, body: bytes, content_type: str, count: int) -> Optional[float]:
+    """Median latency of `count` explanations sent one after another (None for a model that has none)."""
+    if model.endswith(("_onnx", "_int8")):
+        return None  # ONNX Runtime variants answer 400 and name the eager model (README)
+    headers = {**server.inference_headers, "Content-Type": content_type}
+    latencies = []
+    with requests.Session() as session:
+        for _ in range(count + 1):
+            started = time.perf_counter()
+            response = session.post(f"{server.url}/explanations/{model}", data=body, headers=headers, timeout=120)
+            response.raise_for_status()
+            latencies.append(time.perf_counter() - started)
+    return round(1000 * float(np.median(latencies[1:])), 1)  # the first one warms Captum up
+
+
+# ---- part 1: the bundle as shipped ------------------------------------------------------------
+def bench_bundle(args, workdir: Path, log) -> dict:
+    models = [m for m in args.models if (args.exports / m / "model.json").exists()]
+    missing = sorted(set(args.models) - set(models))
+    if missing:
+        log(f"skipped (no export; `make exports` makes them): {', '.join(missing)}")
+    store = workdir / "model_store"
+    archive_s = build_archives(models, store, {"EXPORTS_DIR": str(args.exports), "CONFIGS_DIR": str(args.configs)})
+    log(f"archives built (s): {archive_s}")
+    inputs = payloads(models)
+    server = Server.start(workdir / "server", store, models, args.device)
+    try:
+        log(f"READY after (s): {server.ready_s}")
+        results = measure_served(server, inputs, args.concurrency, args.seconds, args.warmup, args.explanations, log)
+    finally:
+        server.stop()
+    for model, seconds in archive_s.items():
+        results["models"][model]["archive_build_s"] = seconds
+    # The server is down: the in-process baselines get the machine to themselves, as the served model had.
+    measure_in_process(results, inputs, args.exports, args.configs, args.in_process_seconds, args.gpu_id, log)
+    return results
+
+
+def measure_served(server: Server, inputs: Dict[str, dict], concurrencies: List[int], seconds: float, warmup_s: float,
+                   explanations: int, log=print) -> dict:
+    """The client ceiling, then each model alone: its sweep, threads, workers' peak RSS, explanation latency."""
+    results = {"client_ceiling": client.ceiling(server.url, server.inference_headers, seconds), "models": {}}
+    log(f"client ceiling, GET /ping with 64 clients: {results['client_ceiling']['req_per_s']} req/s")
+    for model, payload in inputs.items():
+        body, content_type = payload["body"], payload["content_type"]
+        runs = sweep(server, model, body, content_type, concurrencies, seconds, warmup_s)
+        results["models"][model] = {
+            "input_bytes": len(body), "ready_s": server.ready_s.get(model), "served": runs,
+            "threads": served_threads(server.log_text("model_log.log"), model),
+            "worker_peak_rss_mb": [peak_rss_mb(pid) for pid in server.worker_pids(model)],
+            "explanation_p50_ms": explanation_ms(server, model, body, content_type, explanations),
+        }
+        log(f"{model}: " + ", ".join(f"c={r['concurrency']} {r['req_per_s']} req/s p50 {r['p50_ms']} ms "
+                                     f"batch {r['mean_batch']} errors {r['errors']}" for r in runs))
+    return results
+
+
+def measure_in_process(results: dict, inputs: Dict[str, dict], exports: Path, configs: Path, seconds: float,
+                       gpu_id=None, log=print) -> None:
+    """Each model's handler in this process at the batch size its server formed at its best, and at 1."""
+    for model, entry in results["models"].items():
+        saturated = max(entry["served"], key=lambda run: run["req_per_s"])
+        formed = max(1, round(saturated["mean_batch"] or 1))
+        payload = inputs[model]
+
+        def measure(batch: int) -> dict:
+            return in_process.measure(model, exports / model, payload["body"], payload["content_type"], batch,
+                                      entry["threads"] or 1, seconds, configs, gpu_id)
+
+        entry["in_process"] = {"formed_batch": measure(formed), "batch_1": measure(1)}
+        entry["ratios"] = ratios(entry, saturated)
+        log(f"{model}: in-process {entry['in_process']['formed_batch']['items_per_s']} items/s at batch {formed}, "
+            f"{entry['in_process']['batch_1']['batch_p50_ms']} ms at batch 1; {entry['ratios']}")
+
+
+def ratios(entry: dict, saturated: dict) -> dict:
+    single = next((run for run in entry["served"] if run["concurrency"] == 1), None)
+    base = entry["in_process"]
+    return {
+        "served_vs_in_process": round(saturated["req_per_s"] / base["formed_batch"]["items_per_s"], 3),
+        "p50_at_1_minus_in_process_ms": round(single["p50_ms"] - base["batch_1"]["batch_p50_ms"], 2)
+        if single and single["p50_ms"] is not None else None,
+    }
+
+
+# ---- part 2: against the stock handler --------------------------------------------------------
+def comparison_config(cores: int) -> str:
+    """One model-config for all four: one worker with every core, batches of 8. (The stock handler
+    leaves torch's threads at its default, every core; ours would share the cores among the live
+    workers of all four models, so it is told to take them all, as stock does.)"""
+    return ("minWorkers: 1\nmaxWorkers: 1\nbatchSize: 8\nmaxBatchDelay: 5\nresponseTimeout: 120\n"
+            f"handler:\n  threads_per_worker: {cores}\n  profile: true\n")
+
+
+def build_comparison(workdir: Path, log) -> Path:
+    """ResNet-18 at 224 with random weights (the image train script, no training step), its ONNX fp32
+    and int8 variants, archived with this bundle's handler, and the same weights for the stock handler."""
+    exports, store, configs = workdir / "exports", workdir / "model_store", workdir / "configs"
+    configs.mkdir(parents=True)
+    subprocess.run([str(VENV_BIN / "python"), "-m", "train.image", "--epochs", "0", "--image-size", "224",
+                    "--resize", "256", "--out", str(exports / "resnet18_eager")], check=True, cwd=REPO_ROOT,
+                   stdout=subprocess.DEVNULL)
+    export_onnx(exports / "resnet18_eager", exports / "resnet18_onnx")
+    transform = eval_transform(preprocess_params(224, resize=256))
+    images, _ = generate(64, 256, seed=0)  # random weights: calibration data only needs the input's range
+    export_int8(exports / "resnet18_onnx", exports / "resnet18_int8",
+                ({"images": torch.stack([transform(image) for image in images[i:i + 16]]).numpy()} for i in range(0, 64, 16)))
+    config = comparison_config(os.cpu_count() or 1)
+    for name in COMPARED:
+        (configs / f"{name}.yaml").write_text(config)
+    ours = [name for name in COMPARED if name != STOCK]
+    build_archives(ours, store, {"EXPORTS_DIR": str(exports), "CONFIGS_DIR": str(configs)})
+    state = torch.load(exports / "resnet18_eager" / "weights.pt", map_location="cpu", weights_only=True)
+    StockResNet18().load_state_dict(state)  # the stock model file rebuilds exactly these weights
     subprocess.run([
         str(VENV_BIN / "torch-model-archiver"), "--force", "--model-name", STOCK, "--version", "1.0",
         "--model-file", str(REPO_ROOT / "bench" / "stock_resnet18.py"),
-        "--serialized-file", str(exports / OURS / "weights.pt"), "--handler", "image_classifier",
-        "--extra-files", str(exports / OURS / "index_to_name.json"), "--config-file", str(configs / f"{OURS}.yaml"),
-        "--export-path", str(store),
+        "--serialized-file", str(exports / "resnet18_eager" / "weights.pt"), "--handler", "image_classifier",
+        "--extra-files", str(exports / "resnet18_eager" / "index_to_name.json"),
+        "--config-file", str(configs / f"{STOCK}.yaml"), "--export-path", str(store),
     ], check=True)
-    return exports / OURS, served_variants
+    log("comparison archives built")
+    return store
 
 
-def load(server_url: str, model: str, key: str, body: bytes, count: int, concurrency: int) -> dict:
-    return summary(*send(server_url, model, key, body, count, concurrency))
+def bench_stock(args, workdir: Path, log) -> dict:
+    store = build_comparison(workdir, log)
+    inputs = {"small_jpeg": small_jpeg(), "phone_jpeg_12mp": phone_jpeg()}
+    server = Server.start(workdir / "server", store, list(COMPARED), args.device)
+    results = {"input_bytes": {name: len(body) for name, body in inputs.items()}, "runs": {}}
+    try:
+        for input_name, body in inputs.items():
+            for model in COMPARED:
+                runs = sweep(server, model, body, "application/octet-stream", args.stock_concurrency, args.seconds,
+                             args.warmup)
+                results["runs"].setdefault(input_name, {})[model] = {
+                    "served": runs, "worker_peak_rss_mb": [peak_rss_mb(pid) for pid in server.worker_pids(model)]}
+                log(f"{input_name} {model}: " + ", ".join(f"c={r['concurrency']} {r['req_per_s']} req/s p50 {r['p50_ms']} ms"
+                                                          for r in runs))
+    finally:
+        server.stop()
+    results["speedup_vs_stock"] = {
+        input_name: {model: round(best(runs[model]) / best(runs[STOCK]), 2) for model in COMPARED if model != STOCK}
+        for input_name, runs in results["runs"].items()}
+    return results
 
 
-def send(server_url: str, model: str, key: str, body: bytes, count: int, concurrency: int) -> tuple:
-    """([(status, seconds)] of `count` requests from `concurrency` clients, the wall time they took)."""
-    local = threading.local()
-
-    def one(_):
-        if not hasattr(local, "session"):  # one keep-alive connection per client thread
-            local.session = requests.Session()
-        session = local.session
-        started = time.perf_counter()
-        response = session.post(f"{server_url}/predictions/{model}", data=body,
-                                headers={"Authorization": f"Bearer {key}"}, timeout=120)
-        return response.status_code, time.perf_counter() - started
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        results = list(pool.map(one, range(count)))
-    return results, time.perf_counter() - started
+def best(entry: dict) -> float:
+    return max(run["req_per_s"] for run in entry["served"])
 
 
-def summary(results: list, wall: float) -> dict:
-    latencies = sorted(latency for _, latency in results)
-    failures = sum(status != 200 for status, _ in results)
-    return {
-        "requests": len(results), "failures": failures, "req_per_s": len(results) / wall,
-        "p50_ms": 1000 * statistics.median(latencies), "p95_ms": 1000 * latencies[int(0.95 * (len(latencies) - 1))],
-    }
+def heldout_accuracy(exports: Path) -> dict:
+    """The demo image model's held-out accuracy per runtime, as training and export_onnx measured it."""
+    found = {}
+    for name in ("image_classifier", "image_classifier_onnx", "image_classifier_int8"):
+        path = exports / name / "model.json"
+        if path.exists():
+            found[name] = json.loads(path.read_text())["metrics"].get("heldout_accuracy")
+    return found
 
 
-def worker_rss_mb(management_url: str, model: str, key: str) -> float:
-    pids = [worker["pid"] for worker in describe(management_url, model, key)[0]["workers"]]
-    return sum(psutil.Process(pid).memory_info().rss for pid in pids) / 2**20
+# ---- report -----------------------------------------------------------------------------------
+def markdown(results: dict) -> str:
+    facts = results["machine"]
+    lines = [f"# Benchmark {results['date']}", "",
+             f"Machine: {facts['cpu']}, {facts['cores']} cores, {facts['memory_gib']} GiB"
+             f"{', ' + facts['gpu'] if facts['gpu'] else ''}; torch {facts['torch']}; device {results['device']}.",
+             f"Command: `{results['command']}`", ""]
+    bundle = results.get("bundle")
+    if bundle:
+        ceiling = bundle.get("client_ceiling", {})
+        lines += [f"Client ceiling (GET /ping, 64 keep-alive clients): {ceiling.get('req_per_s')} req/s.", "",
+                  "| model | clients | req/s | p50 ms | p90 ms | p99 ms | errors | batch |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for model, entry in bundle["models"].items():
+            for run in entry["served"]:
+                lines.append(f"| {model} | {run['concurrency']} | {run['req_per_s']} | {run['p50_ms']} | {run['p90_ms']} | "
+                             f"{run['p99_ms']} | {run['errors']} | {run['mean_batch']} |")
+        lines += ["", "| model | in-process items/s (batch) | served / in-process | p50 at 1 client − in-process batch 1 (ms) | "
+                      "threads | peak RSS MB per worker | READY s | archive s | explanation p50 ms |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for model, entry in bundle["models"].items():
+            formed = entry.get("in_process", {}).get("formed_batch", {})
+            r = entry.get("ratios", {})
+            lines.append(f"| {model} | {formed.get('items_per_s')} ({formed.get('batch_size')}) | {r.get('served_vs_in_process')} | "
+                         f"{r.get('p50_at_1_minus_in_process_ms')} | {entry['threads']} | "
+                         f"{', '.join(str(v) for v in entry['worker_peak_rss_mb'])} | {entry.get('ready_s') or '-'} | "
+                         f"{entry.get('archive_build_s', '-')} | {entry['explanation_p50_ms'] or '-'} |")
+    stock = results.get("stock")
+    if stock:
+        lines += ["", "ResNet-18 at 224 (random weights), every model 1 worker with all cores, batchSize 8:", "",
+                  "| input | " + " | ".join(COMPARED.values()) + " | best / stock |", "|---|" + "---:|" * (len(COMPARED) + 1)]
+        for input_name, runs in stock["runs"].items():
+            speedups = stock["speedup_vs_stock"][input_name]
+            top = max(speedups, key=speedups.get)
+            lines.append(f"| {input_name} ({stock['input_bytes'][input_name] // 1000} kB) | "
+                         + " | ".join(f"{best(runs[m])} req/s" for m in COMPARED) + f" | {speedups[top]}x ({COMPARED[top]}) |")
+    if results.get("accuracy"):
+        lines += ["", "Demo image model, held-out accuracy: " + ", ".join(f"{k} {v}" for k, v in results["accuracy"].items())]
+    return "\n".join(lines) + "\n"
 
 
-def in_process(export_dir: Path, body: bytes, count: int, batch_size: int = 8) -> dict:
-    """The ceiling: decode + preprocess + batched forward in this process, no server, all cores."""
-    torch.set_num_threads(os.cpu_count() or 1)
-    export = load_export(export_dir)
-    transform = eval_transform(export.spec["preprocess"])
-    started = time.perf_counter()
-    done = 0
-    with torch.inference_mode():
-        while done < count:
-            batch = torch.stack([transform(load_image(body, 10**8)) for _ in range(batch_size)])
-            torch.softmax(export.model(batch), dim=1)
-            done += batch_size
-    return {"requests": done, "req_per_s": done / (time.perf_counter() - started)}
+def chart(results: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display
+    from matplotlib import pyplot
+
+    models = results.get("bundle", {}).get("models", {})
+    figure, (throughput, latency) = pyplot.subplots(1, 2, figsize=(13, 5))
+    for model, entry in models.items():
+        clients = [run["concurrency"] for run in entry["served"]]
+        throughput.plot(clients, [run["req_per_s"] for run in entry["served"]], marker="o", label=model)
+        line, = latency.plot(clients, [run["p50_ms"] for run in entry["served"]], marker="o", label=f"{model} p50")
+        latency.plot(clients, [run["p99_ms"] for run in entry["served"]], marker="x", linestyle="--", color=line.get_color())
+    for axis, label in ((throughput, "requests per second"), (latency, "latency, ms (p50 solid, p99 dashed)")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("concurrent clients")
+        axis.set_ylabel(label)
+        axis.grid(True, which="both", alpha=0.3)
+    latency.set_yscale("log")
+    throughput.legend(fontsize=8)
+    facts = results["machine"]
+    figure.suptitle(f"{results['date']}: {facts['gpu'] or facts['cpu']}, {facts['cores']} cores ({results['device']})")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
 
 
-def main(args):
-    body = sample_jpeg()
+def write_report(results: dict, out_dir: Path) -> Dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"{results['date']}-{machine_slug(results['machine'])}"
+    paths = {"json": stem.with_suffix(".json"), "md": stem.with_suffix(".md"), "png": stem.with_suffix(".png")}
+    paths["json"].write_text(json.dumps(results, indent=2) + "\n")
+    paths["md"].write_text(markdown(results))
+    chart(results, paths["png"])
+    return paths
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(prog="python -m bench.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(BUNDLE_MODELS), help="bundle models to serve (default: all with an export)")
+    parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 4, 16, 64], help="client counts (default 1 4 16 64)")
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per run (default 8)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each run (default 2)")
+    parser.add_argument("--in-process-seconds", type=float, default=4.0)
+    parser.add_argument("--explanations", type=int, default=5, help="explanations timed per eager model (default 5)")
+    parser.add_argument("--stock-concurrency", nargs="+", type=int, default=[1, 16], help="client counts against stock (default 1 16)")
+    parser.add_argument("--skip-stock", action="store_true", help="only the bundle's models")
+    parser.add_argument("--skip-bundle", action="store_true", help="only the comparison with the stock handler")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: the GPU when there is one")
+    parser.add_argument("--exports", type=Path, default=REPO_ROOT / "exports")
+    parser.add_argument("--configs", type=Path, default=REPO_ROOT / "configs",
+                        help="model-configs to serve with (default configs/): try a tuning here before committing it")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    return parser
+
+
+def main(argv=None) -> Dict[str, Path]:
+    args = get_args_parser().parse_args(argv)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.gpu_id = 0 if args.device == "cuda" else None
+    started = time.monotonic()
+
+    def log(message: str) -> None:
+        print(f"[{time.monotonic() - started:6.0f}s] {message}", flush=True)
+
+    results = {"date": datetime.date.today().isoformat(), "machine": machine(), "device": args.device,
+               "command": "python -m bench.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+               "settings": {"concurrency": args.concurrency, "seconds": args.seconds, "warmup": args.warmup}}
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        workdir = Path(tmp)
-        export_dir, variants = build_archives(workdir, args.variants)
-        results = {"machine": f"{os.cpu_count()} cores, torch {torch.__version__}", "image_bytes": len(body),
-                   "in_process": in_process(export_dir, body, args.requests // 2)}
-        properties = write_config(workdir / "config.properties", workdir / "model_store")
-        server = ForegroundTorchServe(workdir, workdir / "config.properties")
-        try:
-            keys = wait_until_ready(properties["management_address"], [OURS, STOCK, *variants], server.key_file, 300,
-                                    server.process)
-            models = (OURS, STOCK, *variants)
-            url, key = properties["inference_address"], keys["inference"]["key"]
-            for model in models:
-                load(url, model, key, body, args.warmup, args.concurrency)
-            sent = {model: ([], 0.0) for model in models}
-            for _ in range(args.rounds):
-                for model in models:
-                    round_results, wall = send(url, model, key, body, args.requests // args.rounds, args.concurrency)
-                    sent[model] = (sent[model][0] + round_results, sent[model][1] + wall)
-            for model in models:
-                results[model] = summary(*sent[model])
-                results[model]["worker_rss_mb"] = worker_rss_mb(properties["management_address"], model, keys["management"]["key"])
-        finally:
-            server.stop()
-
-    ceiling, ours, stock = results["in_process"]["req_per_s"], results[OURS], results[STOCK]
-    print(f"\n{results['machine']}; {args.requests} requests per model in {args.rounds} rounds, {args.concurrency} concurrent, "
-          f"{len(body)}-byte JPEG, resnet18 224x224, 1 worker, batchSize 8")
-    print(f"{'':28}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'RSS MB':>9}{'failed':>8}")
-    print(f"{'in-process model (ceiling)':28}{ceiling:9.1f}")
-    for name, row in ((f"{OURS} (this bundle)", ours), (f"{STOCK} (stock)", stock), *((v, results[v]) for v in variants)):
-        print(f"{name:28}{row['req_per_s']:9.1f}{row['p50_ms']:9.1f}{row['p95_ms']:9.1f}{row['worker_rss_mb']:9.0f}{row['failures']:8d}")
-    results["ratios"] = {
-        "ours_vs_in_process": ours["req_per_s"] / ceiling,
-        "stock_vs_in_process": stock["req_per_s"] / ceiling,
-        "ours_vs_stock_throughput": ours["req_per_s"] / stock["req_per_s"],
-        "ours_vs_stock_p95": ours["p95_ms"] / stock["p95_ms"],
-        "ours_vs_stock_rss": ours["worker_rss_mb"] / stock["worker_rss_mb"],
-        **{f"{variant}_vs_ours_throughput": results[variant]["req_per_s"] / ours["req_per_s"] for variant in variants},
-    }
-    print("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in results["ratios"].items()))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        if not args.skip_bundle:
+            results["bundle"] = bench_bundle(args, Path(tmp) / "bundle", log)
+        if not args.skip_stock:
+            results["stock"] = bench_stock(args, Path(tmp) / "stock", log)
+    results["accuracy"] = heldout_accuracy(args.exports)
+    paths = write_report(results, args.out)
+    print(paths["md"].read_text())
+    log("wrote " + ", ".join(str(path) for path in paths.values()))
+    return paths
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    main()

@@ -28,8 +28,9 @@ for _path in (REPO_ROOT, REPO_ROOT / "handlers"):
 METRICS_YAML = Path(ts.__file__).parent / "configs" / "metrics.yaml"
 
 
-def load_handler(handler_module: str, export_dir, model_name: str, model_yaml=None, tmp_dir=None):
-    """Instantiate handlers/<handler_module>.py's handler on a copy of export_dir, as an archive would lay it out."""
+def load_handler(handler_module: str, export_dir, model_name: str, model_yaml=None, tmp_dir=None, gpu_id=None):
+    """Instantiate handlers/<handler_module>.py's handler on a copy of export_dir, as an archive would lay it
+    out; `gpu_id` as TorchServe passes it to a worker on a GPU host (None: CPU)."""
     model_dir = Path(tmp_dir) / model_name if tmp_dir else Path(export_dir)
     if tmp_dir:
         shutil.copytree(export_dir, model_dir, dirs_exist_ok=True)
@@ -40,7 +41,7 @@ def load_handler(handler_module: str, export_dir, model_name: str, model_yaml=No
     metrics.model_name = model_name
     context = Context(
         model_name, str(model_dir), {"model": {"modelName": model_name}}, model_yaml.get("batchSize", 1),
-        None, ts.__version__, True, metrics, model_yaml,
+        gpu_id, ts.__version__, True, metrics, model_yaml,
     )
     module = importlib.import_module(handler_module)
     handler_class = next(
