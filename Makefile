@@ -74,10 +74,11 @@ test-unit: $(EXPORTS) $(KSERVE_SETUP)
 test-live: $(EXPORTS)
 	$(PY) -m pytest tests/integration
 
-# Throughput/latency/memory against the in-process model, TorchServe's stock handler and the ONNX Runtime
-# fp32/int8 variants of the same weights (not a test).
-bench: $(SETUP)
-	$(PY) -m bench.bench
+# Every model served at 1/4/16/64 clients against its in-process baseline, and the image handler against
+# TorchServe's stock one (not a test; ~15 min on 2 cores). Results in bench/results/ (README, "Benchmark");
+# options: $(PY) -m bench.bench --help, e.g. make bench BENCH_ARGS='--models text_classifier --seconds 4'.
+bench: $(EXPORTS)
+	$(PY) -m bench.bench $(BENCH_ARGS)
 
 # Every model at once at about half the server's capacity for SOAK_SECONDS (default 10 min) on a
 # TorchServe of its own: errors, p99 first/last minute, worker RSS drift, fds and threads; exits 1 on
