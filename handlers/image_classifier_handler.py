@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from explanations import new_figure, png_base64, round_floats
 from handler_common import BatchClassifierHandler, HandlerSettings, ItemError, binary_content, setting
-from model_defs.image import ImageDecodeError, ImageTooLargeError, eval_transform, load_image
+from model_defs.image import ImageDecodeError, ImageTooLargeError, draft_min_side, eval_transform, load_image
 
 ImageSettings = HandlerSettings.extend(
     "ImageSettings",
@@ -39,7 +39,8 @@ class ImageClassifierHandler(BatchClassifierHandler):
     def prepare_payload(self, payload, index):
         content = binary_content(payload, self.json_fields, self.settings.max_bytes, "image")
         try:
-            image = load_image(content, self.settings.max_pixels)
+            # JPEGs decode no larger than the resize needs (draft mode), as in training's held-out evaluation.
+            image = load_image(content, self.settings.max_pixels, min_side=draft_min_side(self.spec["preprocess"]))
         except ImageTooLargeError as error:
             raise ItemError(413, "ImageTooLarge", str(error)) from None
         except ImageDecodeError as error:

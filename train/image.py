@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision.transforms import v2
 
 from model_defs.export import write_export
-from model_defs.image import eval_transform, load_image, preprocess_params
+from model_defs.image import draft_min_side, eval_transform, load_image, preprocess_params
 from model_defs.registry import build_model
 from train import synthetic_shapes
 from train.common import (OPTIMIZERS, architecture_of, class_folders, export_metrics, fit, fraction,
@@ -64,17 +64,18 @@ def image_batch(model, batch):
 
 
 class ImageFileDataset(Dataset):
-    """(path, label) pairs decoded with the serving decoder (EXIF, transparency, modes), then `transform`."""
+    """(path, label) pairs decoded with the serving decoder (EXIF, transparency, modes), then `transform`.
+    `min_side`: decode JPEGs at a reduced scale as load_image does with it; None decodes every pixel."""
 
-    def __init__(self, samples, transform):
-        self.samples, self.transform = samples, transform
+    def __init__(self, samples, transform, min_side=None):
+        self.samples, self.transform, self.min_side = samples, transform, min_side
 
     def __len__(self):
         return len(self.samples)
 
     def __getitem__(self, index):
         path, label = self.samples[index]
-        return self.transform(load_image(path.read_bytes(), MAX_TRAIN_PIXELS)), label
+        return self.transform(load_image(path.read_bytes(), MAX_TRAIN_PIXELS, min_side=self.min_side)), label
 
 
 def user_datasets(args, params):
@@ -88,7 +89,13 @@ def user_datasets(args, params):
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(params["mean"], params["std"]),
     ])
-    return classes, ImageFileDataset(train, augment), ImageFileDataset(heldout, eval_transform(params))
+    # Training images decode at full resolution: RandomResizedCrop's smallest crops (half the area) of
+    # a draft decode (shorter side >= 2x the resize) would be shrunk by as little as 1.4x, the regime
+    # where the decoder's 8x8 block averages show through (DRAFT_MARGIN, model_defs/image.py), and no
+    # photo set is here to measure what that does to training; the cost is the DataLoader workers'.
+    # Held-out images decode as the handler decodes them, so model.json's accuracy is the served one.
+    return classes, ImageFileDataset(train, augment), ImageFileDataset(heldout, eval_transform(params),
+                                                                       min_side=draft_min_side(params))
 
 
 def demo_datasets(args, params):

@@ -12,7 +12,7 @@ from PIL import Image
 from export_paths import export_dir
 from scripts.handler_harness import load_handler, predict, single, top_label, worker_row
 from model_defs.export import load_export
-from model_defs.image import eval_transform, load_image
+from model_defs.image import draft_min_side, eval_transform, load_image
 from train.synthetic_shapes import SHAPES, generate, render_shape
 
 MODEL = "image_classifier"
@@ -198,6 +198,37 @@ def test_train_serve_parity(image_handler):
     for row, response in zip(expected, responses):
         for label, probability in response.body.items():
             assert probability == pytest.approx(float(row[export.labels.index(label)]), abs=1e-5)
+
+
+# ---- JPEG draft decoding ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def large_jpegs():
+    """One render of each shape at 400-700 px, JPEG-encoded as a camera would."""
+    return [encode(render_shape(shape, size=400 + 60 * i, seed=31), "JPEG", quality=90) for i, shape in enumerate(SHAPES)]
+
+
+def test_large_jpegs_are_decoded_at_a_reduced_scale(image_handler, large_jpegs):
+    handler, _ = image_handler
+    params = handler.spec["preprocess"]
+    for content in large_jpegs:
+        prepared, _ = handler.prepare_payload(bytearray(content), 0)
+        drafted = load_image(content, handler.settings.max_pixels, min_side=draft_min_side(params))
+        full = load_image(content, handler.settings.max_pixels)
+        assert draft_min_side(params) <= min(drafted.size) < min(full.size) and draft_min_side(params) >= params["resize"]
+        assert torch.equal(prepared, handler.transform(drafted))
+        assert not torch.equal(prepared, handler.transform(full))
+
+
+def test_large_jpegs_get_the_answer_of_a_full_decode(image_handler, large_jpegs):
+    export = load_export(export_dir(MODEL))
+    transform = eval_transform(export.spec["preprocess"])
+    with torch.inference_mode():
+        full = torch.softmax(export.model(torch.stack([transform(load_image(c, 10**8)) for c in large_jpegs])), dim=1)
+    responses = predict(image_handler, *[worker_row(c) for c in large_jpegs])
+    assert [top_label(r) for r in responses] == [export.labels[int(i)] for i in full.argmax(dim=1)]
+    for row, response in zip(full, responses):
+        for label, probability in response.body.items():
+            assert probability == pytest.approx(float(row[export.labels.index(label)]), abs=0.05)
 
 
 def test_worker_runs_on_cpu_without_a_gpu_and_sets_threads(image_handler):

@@ -3,7 +3,9 @@ import io
 import json
 
 import pytest
+import torch
 
+from model_defs.image import draft_min_side, eval_transform, load_image
 from scripts.handler_harness import load_handler, run_batch, worker_row
 from train import image as train_image
 from train.common import DataError
@@ -41,6 +43,25 @@ def test_training_on_an_image_folder_exports_a_servable_model(tmp_path, restore_
     render_shape("circle", size=40, seed=99).save(buffer, format="PNG")
     (response,) = run_batch(handler, context, [worker_row(buffer.getvalue())])
     assert response.status == 200 and set(response.body) == {"cats", "dogs"}
+
+
+def test_heldout_images_decode_as_the_handler_does_and_training_images_in_full(tmp_path):
+    data = tmp_path / "photos"
+    for label, shape in (("cats", "circle"), ("dogs", "square")):
+        (data / label).mkdir(parents=True)
+        for i in range(5):
+            render_shape(shape, size=160, seed=i).resize((300, 200)).save(data / label / f"{i}.jpg", quality=90)
+    args = parse("--data", str(data), "--image-size", "32", "--workers", "0")
+    args.resize = 37
+    params = train_image.preprocess_params(32, 37)
+    _, train_set, heldout_set = train_image.user_datasets(args, params)
+    path, label = heldout_set.samples[0]
+    full = load_image(path.read_bytes(), 10**8)
+    drafted = load_image(path.read_bytes(), 10**8, min_side=draft_min_side(params))
+    assert min(drafted.size) < min(full.size)  # 200 px, 1/2 scale for a 74 px minimum
+    assert torch.equal(heldout_set[0][0], eval_transform(params)(drafted)) and heldout_set[0][1] == label
+    assert not torch.equal(heldout_set[0][0], eval_transform(params)(full))
+    assert train_set.min_side is None
 
 
 def test_a_folder_without_classes_is_refused_with_a_message(tmp_path, restore_torch_threads):

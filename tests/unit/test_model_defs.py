@@ -1,12 +1,16 @@
-"""The registry and the export format that connect training to serving."""
+"""The registry and the export format that connect training to serving, and the JPEG draft decode."""
+import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from model_defs.export import LABELS_FILE, MODEL_JSON, WEIGHTS_FILE, clean_state_dict, load_export, write_export
 from model_defs import registry
+from model_defs.image import load_image
 from model_defs.registry import available_architectures, build_model, register
 
 
@@ -93,3 +97,64 @@ def test_labels_and_model_json_must_agree(tmp_path):
     (out / LABELS_FILE).write_text(json.dumps({"0": "a"}))
     with pytest.raises(ValueError, match="1 labels but model.json says 2"):
         load_export(out)
+
+
+# ---- JPEG draft decoding (load_image's min_side) ------------------------------------------------
+def _noise_image(width, height, seed=0):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def _encoded(image, fmt="JPEG", **save_args):
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save_args)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("width, height, min_side", [
+    (640, 480, 64),    # landscape: 480 // 64 = 7, so 1/4 scale, 120 px
+    (480, 640, 64),    # portrait, the same
+    (1000, 257, 32),   # 257 // 32 = 8: 1/8 scale, 33 px, one over
+    (256, 900, 32),    # exactly 8x: 1/8 scale, exactly min_side
+    (900, 255, 32),    # just under 8x: 1/4 scale, 64 px
+    (300, 128, 64),    # exactly 2x: 1/2 scale
+    (300, 127, 64),    # under 2x: no reduced scale keeps 64, full decode
+    (3000, 2000, 224),  # 2000 // 224 = 8: 1/8 scale, 250 px
+])
+@pytest.mark.parametrize("fmt", ["JPEG", "MPO"])
+def test_jpeg_draft_decodes_at_the_smallest_scale_that_keeps_min_side(width, height, min_side, fmt):
+    content = _encoded(_noise_image(width, height), fmt, quality=90)
+    decoded = load_image(content, max_pixels=10**8, min_side=min_side).size
+    assert load_image(content, max_pixels=10**8).size == (width, height)
+    assert min(decoded) >= min_side
+    # One DCT scale for both sides, so the aspect ratio is kept: 1/s of each side, rounded up.
+    scale = next((s for s in (8, 4, 2, 1) if decoded == (-(-width // s), -(-height // s))), None)
+    assert scale is not None, f"{decoded} is no DCT scale of {width}x{height}"
+    # ... and the smallest scale: half of it again would go below min_side, or it is 1/8 already.
+    assert scale == 8 or min(width, height) < 2 * scale * min_side
+    if min(width, height) >= 2 * min_side:
+        assert scale > 1
+
+
+def test_jpeg_draft_keeps_exif_orientation():
+    # Stored sideways (400x150) with "rotate 90° clockwise to display": upright it is 150x400.
+    upright = np.zeros((400, 150, 3), np.uint8)
+    upright[:, :, 0] = np.linspace(0, 255, 400)[:, None]  # red grows downwards, green rightwards
+    upright[:, :, 1] = np.linspace(0, 255, 150)[None, :]
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    content = _encoded(Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90), quality=95, exif=exif)
+    full = load_image(content, max_pixels=10**6)
+    drafted = load_image(content, max_pixels=10**6, min_side=32)
+    assert full.size == (150, 400)
+    assert drafted.size == (38, 100) and min(drafted.size) >= 32  # 1/4 scale, upright
+    expected = np.asarray(full.resize(drafted.size, Image.BOX), np.float32)
+    got = np.asarray(drafted, np.float32)
+    assert np.abs(got - expected).mean() < 4
+    assert np.abs(got[::-1, ::-1] - expected).mean() > 40  # a wrong orientation would be far off
+
+
+def test_png_is_decoded_in_full_whatever_min_side():
+    content = _encoded(_noise_image(640, 480), "PNG")
+    drafted = load_image(content, max_pixels=10**6, min_side=32)
+    assert drafted.size == (640, 480)
+    assert np.array_equal(np.asarray(drafted), np.asarray(load_image(content, max_pixels=10**6)))
