@@ -3,6 +3,7 @@
     python -m train.image                      # demo: generated shapes, resnet18 at 32x32
     python -m train.image --data DIR           # your ImageFolder: DIR/<class>/*.jpg
     python -m train.image --arch resnet50 --image-size 224 --data DIR
+    python -m train.image --epochs 0 --image-size 224 --resize 256 --out DIR   # untrained: seeded initial weights
 
 Writes exports/image_classifier/ (weights.pt, model.json, index_to_name.json), which archive.sh packs.
 """
@@ -27,6 +28,14 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".ti
 MAX_TRAIN_PIXELS = 100_000_000
 
 
+def epoch_count(text: str) -> int:
+    """An argparse type for --epochs: 0 (export the initial weights untrained) or more."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def get_args_parser():
     parser = argparse.ArgumentParser(prog="python -m train.image", description="Train the image classifier")
     parser.add_argument("--data", type=Path, help="ImageFolder directory (one subfolder per class); default: generated shapes")
@@ -34,7 +43,8 @@ def get_args_parser():
                         help="any torchvision classification architecture (default resnet18)")
     parser.add_argument("--image-size", type=int, help="crop size fed to the model (default: 32 for the demo shapes, 224 for --data)")
     parser.add_argument("--resize", type=int, help="shorter side before the centre crop (default: the image size for the demo, 256/224 of it for --data)")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=epoch_count, default=3,
+                        help="0: export the seeded initial weights untrained, without generating or reading training data")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -119,6 +129,8 @@ def main(args):
     if args.resize is None and args.data:
         args.resize = round(args.image_size * 256 / 224)  # the ImageNet convention: resize 256, crop 224
     params = preprocess_params(args.image_size, args.resize)
+    if args.epochs == 0:
+        return export_untrained(args, params, started)
     if args.data:
         classes, train_set, heldout_set = user_datasets(args, params)
         loader_args = {"num_workers": args.workers, "persistent_workers": args.workers > 0}
@@ -143,6 +155,27 @@ def main(args):
                  model_args=model_args, preprocess=params, labels=classes, metrics=metrics,
                  training_args=vars(args), packages=("torch", "torchvision"))
     print_summary(metrics, "images", args.out)
+    return metrics
+
+
+def export_untrained(args, params, started: float) -> dict:
+    """--epochs 0: the model as built from the seed (the weights a training run with this seed starts
+    from), exported without generating or reading any training or held-out image."""
+    classes = class_folders(args.data, IMAGE_SUFFIXES)[0] if args.data else list(synthetic_shapes.SHAPES)
+    model_args = {"num_classes": len(classes), "image_size": args.image_size}
+    model = build_model(args.arch, modality="image", **model_args)
+    zero_init_residual_branches(model)
+    # No accuracy is claimed: a random model's is chance (1/classes), and measuring it would mean making
+    # the held-out set --epochs 0 skips. null with the reason beside it, not a number read as a result.
+    fitted = {"heldout_accuracy": None, "train_seconds": 0.0, "epochs": 0,
+              "untrained": f"--epochs 0: initial weights from seed {args.seed}, not trained or evaluated"}
+    metrics = export_metrics(fitted, train_examples=0, heldout_examples=0,
+                             data=str(args.data) if args.data else "generated shapes", started=started)
+    write_export(args.out, model, name="image_classifier", modality="image", arch=args.arch,
+                 model_args=model_args, preprocess=params, labels=classes, metrics=metrics,
+                 training_args=vars(args), packages=("torch", "torchvision"))
+    print(f"untrained {args.arch} (seed {args.seed}, {len(classes)} classes, {args.image_size}px) exported, "
+          f"no held-out accuracy; {metrics['total_seconds']:.1f}s; export: {args.out}")
     return metrics
 
 

@@ -1,15 +1,18 @@
-"""train/image.py on a user's ImageFolder: the --data path end to end, to an export the handler serves."""
+"""train/image.py on a user's ImageFolder: the --data path end to end, to an export the handler serves;
+and --epochs 0, an untrained export."""
 import io
 import json
 
 import pytest
 import torch
 
+from model_defs.export import load_export
 from model_defs.image import draft_min_side, eval_transform, load_image
 from scripts.handler_harness import load_handler, run_batch, worker_row
 from train import image as train_image
+from train import synthetic_shapes
 from train.common import DataError
-from train.synthetic_shapes import render_shape
+from train.synthetic_shapes import SHAPES, render_shape
 
 
 def parse(*argv):
@@ -62,6 +65,36 @@ def test_heldout_images_decode_as_the_handler_does_and_training_images_in_full(t
     assert torch.equal(heldout_set[0][0], eval_transform(params)(drafted)) and heldout_set[0][1] == label
     assert not torch.equal(heldout_set[0][0], eval_transform(params)(full))
     assert train_set.min_side is None
+
+
+def test_epochs_0_exports_the_seeded_initial_weights_without_any_data(tmp_path, monkeypatch, restore_torch_threads):
+    def no_data(*args, **kwargs):
+        raise AssertionError("--epochs 0 generated images")
+
+    monkeypatch.setattr(synthetic_shapes, "generate", no_data)
+    exports = []
+    for name in ("first", "again"):
+        train_image.main(parse("--epochs", "0", "--image-size", "224", "--resize", "256", "--out", str(tmp_path / name)))
+        exports.append(load_export(tmp_path / name))
+    export = exports[0]
+    assert export.spec["model_args"] == {"num_classes": 6, "image_size": 224}
+    assert export.spec["preprocess"]["crop"] == 224 and export.spec["preprocess"]["resize"] == 256
+    assert export.labels == list(SHAPES)
+    metrics = export.spec["metrics"]
+    assert metrics["epochs"] == 0 and metrics["heldout_accuracy"] is None and "untrained" in metrics
+    assert metrics["train_examples"] == 0 and metrics["heldout_examples"] == 0
+    with torch.inference_mode():
+        assert export.model(torch.zeros(1, 3, 224, 224)).shape == (1, 6)
+    # The same seed, the same weights: what a training run with this seed starts from.
+    again = exports[1].model.state_dict()
+    assert all(torch.equal(tensor, again[key]) for key, tensor in export.model.state_dict().items())
+
+
+def test_a_negative_epoch_count_is_refused(capsys):
+    with pytest.raises(SystemExit) as raised:
+        parse("--epochs", "-1")
+    assert raised.value.code == 2
+    assert "argument --epochs: must be 0 or more, got -1" in capsys.readouterr().err
 
 
 def test_a_folder_without_classes_is_refused_with_a_message(tmp_path, restore_torch_threads):
