@@ -21,7 +21,7 @@ from pathlib import Path
 from torch.utils.data import DataLoader
 
 from model_defs.export import load_export, read_spec
-from model_defs.image import eval_transform
+from model_defs.image import draft_min_side, eval_transform
 from model_defs.onnx_export import INT8_SUFFIX, ONNX_SUFFIX, export_int8, export_onnx, weights_digest
 from model_defs.onnx_runtime import RUNTIME
 from train import image as image_training
@@ -62,7 +62,7 @@ def image_sets(spec: dict, data, calibration_size: int):
         # The training split untouched by augmentation, a seeded sample of it: calibration must see
         # what serving sees. A sample, not the first files, which are one class's.
         sample = random.Random(args.seed).sample(train_set.samples, min(calibration_size, len(train_set.samples)))
-        calibration_set = image_training.ImageFileDataset(sample, eval_transform(params))
+        calibration_set = image_training.ImageFileDataset(sample, eval_transform(params), min_side=draft_min_side(params))
     else:
         args.train_size = calibration_size  # the first images of the training set (balanced by class)
         classes, calibration_set, heldout_set = image_training.demo_datasets(args, params)
