@@ -32,6 +32,7 @@ class ImageClassifierHandler(BatchClassifierHandler):
     modality = "image"
     settings_class = ImageSettings
     json_fields = ("data", "image")
+    prepare_in_threads = True  # PIL decodes and resizes with the GIL released
 
     def load_modality(self, export):
         self.transform = eval_transform(export.spec["preprocess"])

@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from export_paths import export_dir
-from scripts.handler_harness import load_handler, predict, single, top_label, worker_row
+from scripts.handler_harness import REPO_ROOT, load_handler, predict, single, top_label, worker_row
 from model_defs.export import load_export
 from model_defs.image import draft_min_side, eval_transform, load_image
 from train.synthetic_shapes import SHAPES, generate, render_shape
@@ -235,3 +236,21 @@ def test_worker_runs_on_cpu_without_a_gpu_and_sets_threads(image_handler):
     handler, _ = image_handler
     assert handler.device == torch.device("cpu")
     assert torch.get_num_threads() == handler.threads >= 1
+
+
+def test_a_batch_decoded_on_the_worker_threads_answers_as_one_decoded_in_order(tmp_path):
+    config = yaml.safe_load((REPO_ROOT / "configs" / f"{MODEL}.yaml").read_text())
+    answers = {}
+    for threads in (1, 4):
+        config["handler"]["threads_per_worker"] = threads
+        loaded = load_handler("image_classifier_handler", export_dir(MODEL), MODEL, model_yaml=config,
+                              tmp_dir=tmp_path / str(threads))
+        rows = [worker_row(encode(render_shape(shape, size=700, seed=5), "JPEG", quality=90)) for shape in SHAPES]
+        rows[2:2] = [worker_row(b"corrupt"), worker_row(b"")]
+        answers[threads] = predict(loaded, *rows)
+        handler, _ = loaded
+        assert getattr(handler, "_prepare_pool", (None, 0))[1] == (threads if threads > 1 else 0)
+    serial, threaded = answers[1], answers[4]
+    assert [r.status for r in threaded] == [r.status for r in serial] == [200, 200, 400, 400] + [200] * (len(SHAPES) - 2)
+    for one, other in zip(serial, threaded):
+        assert one.body == pytest.approx(other.body) if one.status == 200 else one.body == other.body
