@@ -76,7 +76,7 @@ class TorchServe:
         path = self.process.workdir / "logs" / "model_log.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def check_model_config(self, model: str, batch_size: int = 8, max_batch_delay: int = 20) -> dict:
+    def check_model_config(self, model: str, batch_size: int = 8, max_batch_delay: int = 1) -> dict:
         """describe answers with the archive's model-config: its batching and its one worker."""
         description = self.describe(model)[0]
         assert description["modelName"] == model

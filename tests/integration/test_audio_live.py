@@ -71,7 +71,7 @@ def test_corrupt_clip_in_a_concurrent_batch_gets_400_and_neighbours_200(server):
     start_together = threading.Barrier(len(bodies))
 
     def send(body):
-        start_together.wait()  # fire at once, so the four land in one batch (batchSize 8, maxBatchDelay 20 ms)
+        start_together.wait()  # fire at once, so the four are likely to share a batch
         return server.predict(MODEL, data=body)
 
     with ThreadPoolExecutor(max_workers=len(bodies)) as pool:

@@ -92,7 +92,7 @@ def test_the_bundle_config_is_what_kserve_needs(kserve):
     assert properties["metrics_mode"] == "prometheus"
     assert kserve.snapshot["models"][IMAGE]["1.0"]["defaultVersion"] is True
     assert kserve.snapshot["models"][IMAGE]["2.0"] == {
-        "marName": "image_classifier-2.0.mar", "minWorkers": 1, "maxWorkers": 2, "batchSize": 8, "maxBatchDelay": 20,
+        "marName": "image_classifier-2.0.mar", "minWorkers": 1, "maxWorkers": 2, "batchSize": 8, "maxBatchDelay": 1,
         "responseTimeout": 30, "defaultVersion": False}
 
 

@@ -76,7 +76,7 @@ def test_corrupt_item_in_a_concurrent_batch_gets_400_and_neighbours_200(server):
         ("i forgot my password and cannot sign in", "login"),
         ("please cancel my subscription before it renews", "cancel"),
     ]
-    # Fired together (within the model-config's 20 ms maxBatchDelay), so they share a batch.
+    # Fired together, so they are likely to share a batch (each answer is checked either way).
     start = threading.Barrier(len(bodies))
 
     def send(body):
