@@ -54,6 +54,7 @@ BUNDLE_MODELS = ("image_classifier", "text_classifier", "audio_classifier", "ima
                  "text_classifier_onnx", "audio_classifier_onnx", "image_classifier_int8")
 CONTENT_TYPES = {"image": "application/octet-stream", "text": "text/plain", "audio": "application/octet-stream"}
 STOCK = "stock_resnet18"
+NOOP = "torchserve_noop"  # bench/noop_handler.py: TorchServe's own cost per request
 # The comparison's models: this bundle's handler in each runtime, and the stock handler, same weights.
 COMPARED = {"resnet18_eager": "eager fp32", "resnet18_onnx": "ONNX Runtime fp32", "resnet18_int8": "ONNX Runtime int8",
             STOCK: "stock handler"}
@@ -184,8 +185,9 @@ def peak_rss_mb(pid: int) -> Optional[float]:
 
 
 def batches_in_log(log_text: str, model: str) -> int:
-    """Batches the model's handler ran: one ts_handler_preprocess metric line each (`profile: true`)."""
-    return len(re.findall(rf"\[METRICS\]ts_handler_preprocess\.Milliseconds:[\d.]+\|#ModelName:{re.escape(model)},", log_text))
+    """Batches the model's worker ran: TorchServe's worker logs one HandlerTime metric line per batch,
+    whatever the handler (the frontend writes it to ts_log.log)."""
+    return len(re.findall(rf"\[METRICS\]HandlerTime\.Milliseconds:[\d.]+\|#ModelName:{re.escape(model)},", log_text))
 
 
 def served_threads(log_text: str, model: str) -> Optional[int]:
@@ -235,11 +237,15 @@ def bench_bundle(args, workdir: Path, log) -> dict:
     store = workdir / "model_store"
     archive_s = build_archives(models, store, {"EXPORTS_DIR": str(args.exports), "CONFIGS_DIR": str(args.configs)})
     log(f"archives built (s): {archive_s}")
+    build_noop(workdir, store)
     inputs = payloads(models)
-    server = Server.start(workdir / "server", store, models, args.device)
+    server = Server.start(workdir / "server", store, [*models, NOOP], args.device)
     try:
         log(f"READY after (s): {server.ready_s}")
         results = measure_served(server, inputs, args.concurrency, args.seconds, args.warmup, args.explanations, log)
+        results["server_floor"] = sweep(server, NOOP, b"{}", "application/json", sorted({1, max(args.concurrency)}),
+                                        args.seconds, args.warmup)
+        log(f"TorchServe alone ({NOOP}): {results['server_floor']}")
     finally:
         server.stop()
     for model, seconds in archive_s.items():
@@ -247,6 +253,15 @@ def bench_bundle(args, workdir: Path, log) -> dict:
     # The server is down: the in-process baselines get the machine to themselves, as the served model had.
     measure_in_process(results, inputs, args.exports, args.configs, args.in_process_seconds, args.gpu_id, log)
     return results
+
+
+def build_noop(workdir: Path, store: Path) -> None:
+    """The no-op model, batched as the bundle's models are (8, 1 ms)."""
+    config = workdir / f"{NOOP}.yaml"
+    config.write_text("minWorkers: 1\nmaxWorkers: 1\nbatchSize: 8\nmaxBatchDelay: 1\n")
+    subprocess.run([str(VENV_BIN / "torch-model-archiver"), "--force", "--model-name", NOOP, "--version", "1.0",
+                    "--handler", str(REPO_ROOT / "bench" / "noop_handler.py"), "--config-file", str(config),
+                    "--export-path", str(store)], check=True)
 
 
 def measure_served(server: Server, inputs: Dict[str, dict], concurrencies: List[int], seconds: float, warmup_s: float,
@@ -382,7 +397,11 @@ def markdown(results: dict) -> str:
     bundle = results.get("bundle")
     if bundle:
         ceiling = bundle.get("client_ceiling", {})
-        lines += [f"Client ceiling (GET /ping, 64 keep-alive clients): {ceiling.get('req_per_s')} req/s.", "",
+        lines += [f"Client ceiling (GET /ping, 64 keep-alive clients): {ceiling.get('req_per_s')} req/s."]
+        for run in bundle.get("server_floor", []):
+            lines.append(f"TorchServe alone (a no-op handler, batchSize 8), {run['concurrency']} clients: "
+                         f"{run['req_per_s']} req/s, p50 {run['p50_ms']} ms.")
+        lines += ["",
                   "| model | clients | req/s | p50 ms | p90 ms | p99 ms | errors | batch |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for model, entry in bundle["models"].items():
