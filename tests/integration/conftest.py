@@ -53,13 +53,14 @@ class TorchServe:
     def worker_pids(self, model: str) -> List[int]:
         return sorted(worker["pid"] for worker in self.describe(model)[0]["workers"])
 
-    def scale(self, model: str, min_worker: int, max_worker: int) -> requests.Response:
+    def scale(self, model: str, min_worker: int, max_worker: int, check: bool = True) -> requests.Response:
         response = requests.put(
             f"{self.management_url}/models/{model}",
             params={"min_worker": min_worker, "max_worker": max_worker, "synchronous": "true"},
             headers=self.management_headers, timeout=180,
         )
-        response.raise_for_status()
+        if check:
+            response.raise_for_status()
         return response
 
     def scale_to(self, model: str, workers: int) -> list:

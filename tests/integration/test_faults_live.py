@@ -91,9 +91,17 @@ def test_scaling_down_under_load_loses_at_most_the_removed_workers_batches(serve
         with SteadyLoad(server.inference_url, inference_key(server), IMAGE, payload(IMAGE), CLIENTS, max_seconds=60,
                         timeout_s=10) as load:
             time.sleep(1)
-            server.scale(IMAGE, 1, 1)
+            scaled = server.scale(IMAGE, 1, 1, check=False)
             time.sleep(2)
         outcomes = load.stop()
+        if scaled.status_code != 200:
+            # TorchServe 0.12 can fail the scale-down request itself: WorkerThread.shutdown fails the removed
+            # worker's batch while that batch is being answered (ConcurrentModificationException in
+            # BatchAggregator.sendError, in ts_log.log), and the PUT gets a 500 (seen once in about ten runs).
+            # The model keeps serving; the same request, once the load has stopped, completes the scale-down.
+            assert scaled.status_code == 500, scaled.text
+            assert "ConcurrentModificationException" in (server.process.workdir / "logs" / "ts_log.log").read_text()
+            server.scale(IMAGE, 1, 1)
         (remaining,) = server.describe(IMAGE)[0]["workers"]
         assert remaining["status"] == "READY"
         # Clients whose requests were lost sat out their timeout: ask the remaining worker directly.
