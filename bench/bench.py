@@ -498,7 +498,7 @@ def main(argv=None) -> Dict[str, Path]:
         print(f"[{time.monotonic() - started:6.0f}s] {message}", flush=True)
 
     results = {"date": datetime.date.today().isoformat(), "machine": machine(), "device": args.device,
-               "command": "python -m bench.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+               "command": " ".join(["python -m bench.bench", *(argv if argv is not None else sys.argv[1:])]),
                "settings": {"concurrency": args.concurrency, "seconds": args.seconds, "warmup": args.warmup}}
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         if not args.skip_bundle:

@@ -30,7 +30,7 @@ def test_every_model_has_a_run_per_client_count_with_no_error(tiny_run):
         for run in entry["served"]:
             assert run["errors"] == 0 and run["statuses"] == {"200": run["requests"]} and run["requests"] > 0
             assert 0 < run["p50_ms"] <= run["p90_ms"] <= run["p99_ms"]
-            # One ts_handler_preprocess line per batch: between one request per batch and a full batch of 8.
+            # One HandlerTime line per batch: between one request per batch and a full batch of 8.
             assert 1 <= run["mean_batch"] <= 8, run
         assert entry["threads"] >= 1, "the worker's thread share is read back from its log"
         assert all(rss > 100 for rss in entry["worker_peak_rss_mb"]), "a worker with torch loaded holds >100 MB"
