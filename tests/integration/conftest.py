@@ -13,6 +13,7 @@ from typing import List
 
 import pytest
 import requests
+import yaml
 
 from scripts.local_torchserve import (REPO_ROOT, ForegroundTorchServe, describe, set_default_versions, wait_until_ready,
                                      write_config)
@@ -77,11 +78,12 @@ class TorchServe:
         path = self.process.workdir / "logs" / "model_log.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def check_model_config(self, model: str, batch_size: int = 8, max_batch_delay: int = 1) -> dict:
-        """describe answers with the archive's model-config: its batching and its one worker."""
+    def check_model_config(self, model: str) -> dict:
+        """describe answers with the archive's model-config (configs/<model>.yaml): its batching and its one worker."""
+        config = yaml.safe_load((REPO_ROOT / "configs" / f"{model}.yaml").read_text())
         description = self.describe(model)[0]
         assert description["modelName"] == model
-        assert description["batchSize"] == batch_size and description["maxBatchDelay"] == max_batch_delay
+        assert (description["batchSize"], description["maxBatchDelay"]) == (config["batchSize"], config["maxBatchDelay"])
         assert len(description["workers"]) == 1
         return description
 
