@@ -67,6 +67,18 @@ def describe(management_url: str, model: str, management_key: Optional[str]) -> 
     return response.json()
 
 
+def worker_pids(management_url: str, model: str, management_key: Optional[str]) -> List[int]:
+    """The pids of the model's workers (every version describe returns)."""
+    return sorted(int(worker["pid"]) for version in describe(management_url, model, management_key)
+                  for worker in version["workers"])
+
+
+def batches_served(log_text: str, model: str) -> int:
+    """Batches the model's workers ran, from ts_log.log's text: TorchServe's worker reports one HandlerTime
+    metric line per batch, whatever the handler."""
+    return len(re.findall(rf"\[METRICS\]HandlerTime\.Milliseconds:[\d.]+\|#ModelName:{re.escape(model)},", log_text))
+
+
 def all_ready(management_url: str, models: Iterable[str], management_key: Optional[str]) -> bool:
     """Every model has workers, all READY: `name` is its default version, `name/2.0` a version. (Not
     `name/all`: where inference and management share a port, as on KServe, TorchServe routes a
@@ -109,6 +121,14 @@ def set_default_versions(management_url: str, defaults: Dict[str, str], manageme
         response.raise_for_status()
 
 
+def start_command(config: Path, foreground: bool, model_store: Optional[Path] = None,
+                  log_config: Optional[Path] = LOG_CONFIG) -> List[str]:
+    """`torchserve --start` as make serve, the live tests and the benchmark all run it."""
+    return [str(VENV_BIN / "torchserve"), "--start", *(["--foreground"] if foreground else []), "--ncs",
+            "--ts-config", str(config), *(["--model-store", str(model_store)] if model_store else []),
+            *(["--log-config", str(log_config)] if log_config else [])]
+
+
 class ForegroundTorchServe:
     """TorchServe in the foreground of its own process group, in `workdir`, with a clean PYTHONPATH.
 
@@ -125,9 +145,7 @@ class ForegroundTorchServe:
         environment.update(env or {})
         with open(self.workdir / "torchserve.out", "wb") as out:
             self.process = subprocess.Popen(
-                [str(VENV_BIN / "torchserve"), "--start", "--foreground", "--ncs", "--ts-config", str(config),
-                 *(["--model-store", str(model_store)] if model_store else []),
-                 *(["--log-config", str(log_config)] if log_config else [])],
+                start_command(config, foreground=True, model_store=model_store, log_config=log_config),
                 cwd=self.workdir, env=environment, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
 

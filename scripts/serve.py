@@ -11,7 +11,7 @@ from pathlib import Path
 
 from scripts import samples
 from scripts.load_failures import wait_for_models
-from scripts.local_torchserve import LOG_CONFIG, VENV_BIN, read_properties, set_default_versions
+from scripts.local_torchserve import VENV_BIN, read_properties, set_default_versions, start_command
 from scripts.model_store import default_versions, model_names, scan
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -33,8 +33,7 @@ def main():
     subprocess.run([str(VENV_BIN / "torchserve"), "--stop"], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     KEY_FILE.unlink(missing_ok=True)
     started = time.monotonic()
-    subprocess.run([str(VENV_BIN / "torchserve"), "--start", "--ncs", "--ts-config", str(CONFIG), "--log-config", str(LOG_CONFIG)],
-                   cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(start_command(CONFIG, foreground=False), cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL)
     inference_url, management_url = properties["inference_address"], properties["management_address"]
     try:
         # Every version of every model, each by name/version.

@@ -16,7 +16,7 @@ import requests
 import yaml
 
 from scripts.local_torchserve import (REPO_ROOT, ForegroundTorchServe, describe, set_default_versions, wait_until_ready,
-                                     write_config)
+                                     worker_pids, write_config)
 from scripts.model_store import default_versions, scan
 
 STARTUP_TIMEOUT_S = 300
@@ -52,7 +52,7 @@ class TorchServe:
         return describe(self.management_url, model, self.keys["management"]["key"])
 
     def worker_pids(self, model: str) -> List[int]:
-        return sorted(worker["pid"] for worker in self.describe(model)[0]["workers"])
+        return worker_pids(self.management_url, model, self.keys["management"]["key"])
 
     def scale(self, model: str, min_worker: int, max_worker: int, check: bool = True) -> requests.Response:
         response = requests.put(

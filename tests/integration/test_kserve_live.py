@@ -6,7 +6,6 @@ two versions of a model from the snapshot (switching versions under load: test_v
 import base64
 import io
 import os
-import re
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +16,7 @@ import requests
 
 from model_defs.audio import encode_audio
 from scripts.kserve_bundle import write_bundle
-from scripts.local_torchserve import REPO_ROOT, ForegroundTorchServe, free_port, wait_until_ready, write_config
+from scripts.local_torchserve import REPO_ROOT, ForegroundTorchServe, batches_served, free_port, wait_until_ready, write_config
 from train.synthetic_shapes import render_shape
 from train.synthetic_sounds import generate_clip
 
@@ -126,10 +125,6 @@ def test_explain_through_v1(kserve):
     assert response.status_code == 200, response.text
     (explanation,) = response.json()["explanations"]
     assert explanation["target"] == "circle" and len(explanation["attributions"]) == 14
-
-
-def batches_served(log_text: str, model: str) -> int:
-    return len(re.findall(rf"\[METRICS\]ts_handler_preprocess\.Milliseconds:[\d.]+\|#ModelName:{model},", log_text))
 
 
 def test_a_concurrent_burst_is_batched_and_every_request_gets_its_own_answer(kserve):
