@@ -36,12 +36,13 @@ class ImageClassifierHandler(BatchClassifierHandler):
 
     def load_modality(self, export):
         self.transform = eval_transform(export.spec["preprocess"])
+        # JPEGs decode no larger than the resize needs (draft mode), as in training's held-out evaluation.
+        self.decode_min_side = draft_min_side(export.spec["preprocess"])
 
     def prepare_payload(self, payload, index):
         content = binary_content(payload, self.json_fields, self.settings.max_bytes, "image")
         try:
-            # JPEGs decode no larger than the resize needs (draft mode), as in training's held-out evaluation.
-            image = load_image(content, self.settings.max_pixels, min_side=draft_min_side(self.spec["preprocess"]))
+            image = load_image(content, self.settings.max_pixels, min_side=self.decode_min_side)
         except ImageTooLargeError as error:
             raise ItemError(413, "ImageTooLarge", str(error)) from None
         except ImageDecodeError as error:
