@@ -43,16 +43,17 @@ import torch
 from PIL import Image, ImageDraw
 
 from bench import client, in_process
+from bench.load import sample_payloads
 from bench.stock_resnet18 import StockResNet18
 from model_defs.image import eval_transform, preprocess_params
 from model_defs.onnx_export import export_int8, export_onnx
-from scripts.local_torchserve import LOG_CONFIG, REPO_ROOT, VENV_BIN, ForegroundTorchServe, bearer, describe, write_config
-from scripts.samples import modality_of, write_samples
+from scripts.local_torchserve import (REPO_ROOT, VENV_BIN, ForegroundTorchServe, all_ready, batches_served, bearer,
+                                     worker_pids, write_config)
+from scripts.samples import modality_of
 from train.synthetic_shapes import generate, render_shape
 
 BUNDLE_MODELS = ("image_classifier", "text_classifier", "audio_classifier", "image_classifier_onnx",
                  "text_classifier_onnx", "audio_classifier_onnx", "image_classifier_int8")
-CONTENT_TYPES = {"image": "application/octet-stream", "text": "text/plain", "audio": "application/octet-stream"}
 STOCK = "stock_resnet18"
 NOOP = "torchserve_noop"  # bench/noop_handler.py: TorchServe's own cost per request
 # The comparison's models: this bundle's handler in each runtime, and the stock handler, same weights.
@@ -84,12 +85,11 @@ def phone_jpeg(width: int = 4032, height: int = 3024) -> bytes:
 
 
 def payloads(models) -> Dict[str, dict]:
-    """Each model's request: the small JPEG for image models, `make serve`'s samples for text and audio."""
-    with tempfile.TemporaryDirectory() as directory:
-        files = {modality: path.read_bytes() for modality, path in write_samples(Path(directory), models).items()}
-    files["image"] = small_jpeg()
-    return {model: {"body": files[modality_of(model)], "content_type": CONTENT_TYPES[modality_of(model)]}
-            for model in models}
+    """Each model's request: `make serve`'s samples (bench.load.sample_payloads), and for image models
+    the small JPEG instead of the PNG sample."""
+    return {model: {"body": small_jpeg() if modality_of(model) == "image" else payload.body,
+                    "content_type": payload.headers["Content-Type"]}
+            for model, payload in sample_payloads(models).items()}
 
 
 # ---- the machine and the server ---------------------------------------------------------------
@@ -136,14 +136,13 @@ class Server:
         self.inference_headers = bearer(keys["inference"]["key"])
 
     @classmethod
-    def start(cls, workdir: Path, store: Path, models: List[str], device: str, startup_timeout_s: float = 300,
-              log_config: Optional[Path] = LOG_CONFIG) -> "Server":
+    def start(cls, workdir: Path, store: Path, models: List[str], device: str, startup_timeout_s: float = 300) -> "Server":
         workdir.mkdir(parents=True, exist_ok=True)
         config = workdir / "config.properties"
         # number_of_gpu explicit both ways: a GPU host measures its GPU, or its CPU when told --device cpu.
         properties = write_config(config, store, {"number_of_gpu": "1" if device == "cuda" else "0"})
         launched = time.monotonic()
-        process = ForegroundTorchServe(workdir, config, log_config=log_config)
+        process = ForegroundTorchServe(workdir, config)
         ready, deadline = {}, launched + startup_timeout_s
         while len(ready) < len(models):
             if time.monotonic() > deadline or process.process.poll() is not None:
@@ -152,18 +151,17 @@ class Server:
                                    f"{process.logs(60)}")
             try:
                 keys = json.loads(process.key_file.read_text())
-                for model in set(models) - set(ready):
-                    workers = describe(properties["management_address"], model, keys["management"]["key"])[0]["workers"]
-                    if workers and all(worker["status"] == "READY" for worker in workers):
-                        ready[model] = round(time.monotonic() - launched, 2)
-            except (OSError, ValueError, KeyError, requests.RequestException):
-                pass
+            except (OSError, ValueError):  # the frontend has not written it yet
+                time.sleep(0.2)
+                continue
+            for model in set(models) - set(ready):
+                if all_ready(properties["management_address"], [model], keys["management"]["key"]):
+                    ready[model] = round(time.monotonic() - launched, 2)
             time.sleep(0.2)
         return cls(workdir, properties, keys, process, ready)
 
     def worker_pids(self, model: str) -> List[int]:
-        return [int(worker["pid"]) for worker in
-                describe(self.properties["management_address"], model, self.keys["management"]["key"])[0]["workers"]]
+        return worker_pids(self.properties["management_address"], model, self.keys["management"]["key"])
 
     def log_text(self, name: str) -> str:
         path = self.workdir / "logs" / name
@@ -184,12 +182,6 @@ def peak_rss_mb(pid: int) -> Optional[float]:
     return round(int(match.group(1)) / 1024, 1) if match else None
 
 
-def batches_in_log(log_text: str, model: str) -> int:
-    """Batches the model's worker ran: TorchServe's worker logs one HandlerTime metric line per batch,
-    whatever the handler (the frontend writes it to ts_log.log)."""
-    return len(re.findall(rf"\[METRICS\]HandlerTime\.Milliseconds:[\d.]+\|#ModelName:{re.escape(model)},", log_text))
-
-
 def served_threads(log_text: str, model: str) -> Optional[int]:
     """The torch threads the model's worker last reported (handler_common.WorkerThreads logs them)."""
     found = re.findall(rf"W-\d+-{re.escape(model)}_[^ ]*-stdout.*?worker pid \d+: (\d+) torch threads", log_text)
@@ -204,10 +196,10 @@ def sweep(server: Server, model: str, body: bytes, content_type: str, concurrenc
     for concurrency in concurrencies:
         if warmup_s > 0:
             client.closed_loop(url, body, headers, concurrency, warmup_s)
-        before = batches_in_log(server.log_text("ts_log.log"), model)
+        before = batches_served(server.log_text("ts_log.log"), model)
         run = client.closed_loop(url, body, headers, concurrency, seconds).summary()
         time.sleep(0.3)  # the last batch's metric line
-        batches = batches_in_log(server.log_text("ts_log.log"), model) - before
+        batches = batches_served(server.log_text("ts_log.log"), model) - before
         run["mean_batch"] = round(run["requests"] / batches, 2) if batches else None
         runs.append(run)
     return runs

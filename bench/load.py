@@ -165,8 +165,8 @@ def open_loop(inference_url: str, key: str, model: str, payload: Payload, rate: 
 def closed_loop_rate(inference_url: str, key: str, model: str, payload: Payload, clients: int,
                      seconds: float, timeout_s: float = 30.0) -> Tuple[float, List[Outcome]]:
     """Answers per second with `clients` back-to-back clients for `seconds`: the model's saturation rate."""
-    with SteadyLoad(inference_url, key, model, payload, clients, seconds, timeout_s=timeout_s) as load:
-        time.sleep(seconds)
+    load = SteadyLoad(inference_url, key, model, payload, clients, seconds, timeout_s=timeout_s).start()
+    time.sleep(seconds)
     outcomes = load.stop()
     ok = [outcome for outcome in outcomes if outcome.ok]
     if len(ok) < 2:

@@ -32,7 +32,8 @@ from typing import Dict, List, Optional
 import psutil  # a torchserve dependency
 
 from bench.load import Outcome, closed_loop_rate, open_loop, percentile, sample_payloads, summary
-from scripts.local_torchserve import REPO_ROOT, ForegroundTorchServe, describe, wait_until_ready, write_config
+from scripts.local_torchserve import REPO_ROOT, ForegroundTorchServe, wait_until_ready, write_config
+from scripts.local_torchserve import worker_pids as model_worker_pids
 
 # Why half: at about half of saturation, queueing stays short and latency flat, so a p99 or an RSS that
 # grows over the run points at a leak or an accumulation, not at load. The models share the same
@@ -87,19 +88,17 @@ def sample_process(process: psutil.Process) -> Optional[ProcessSample]:
 
 
 def worker_pids(target: Target, models: List[str]) -> Dict[int, str]:
-    pids = {}
-    for model in models:
-        for version in describe(target.management_url, model, target.management_key):
-            for worker in version["workers"]:
-                pids[int(worker["pid"])] = model
-    return pids
+    return {pid: model for model in models for pid in model_worker_pids(target.management_url, model, target.management_key)}
 
 
 def snapshot(target: Target, models: List[str]) -> Snapshot:
     frontend = frontend_process(target.frontend_pid)
     workers = {}
     for pid in worker_pids(target, models):
-        sample = sample_process(psutil.Process(pid)) if psutil.pid_exists(pid) else None
+        try:
+            sample = sample_process(psutil.Process(pid))
+        except psutil.Error:  # the worker exited between describe and now
+            sample = None
         if sample is not None:
             workers[pid] = sample
     return Snapshot(time.monotonic(), sample_process(frontend) if frontend else None, workers)
