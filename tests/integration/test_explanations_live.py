@@ -3,7 +3,6 @@ even when TorchServe batches predictions and explanations together, targets and 
 query string or the JSON body, bad items isolated, and predictions unchanged afterwards."""
 import base64
 import io
-import json
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
