@@ -18,11 +18,13 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, make_dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import psutil  # a TorchServe dependency
 import torch
 from ts.handler_utils.timer import timed
+from ts.metrics.dimension import Dimension
+from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 import protocols
@@ -159,8 +161,9 @@ class WorkerThreads:
     within the cores. A fixed `threads_per_worker` in the model-config turns this off.
     """
 
-    def __init__(self, fixed: Optional[int] = None, recheck_seconds: float = 2.0, cores: Optional[int] = None):
-        self.fixed, self.recheck_seconds = fixed, recheck_seconds
+    def __init__(self, fixed: Optional[int] = None, recheck_seconds: float = 2.0, cores: Optional[int] = None,
+                 on_change: Optional[Callable[[int, int], None]] = None):
+        self.fixed, self.recheck_seconds, self.on_change = fixed, recheck_seconds, on_change
         self.cores = cores or os.cpu_count() or 1
         self.threads, self.workers, self.checked_at = 0, 0, float("-inf")
         try:
@@ -178,10 +181,11 @@ class WorkerThreads:
         threads = self.fixed or max(1, self.cores // workers)
         if (threads, workers) != (self.threads, self.workers):
             torch.set_num_threads(threads)
-            # The live tests read this line back from the worker log: keep its wording.
             logger.info("worker pid %d: %d torch threads (%d live workers on %d cores%s)", os.getpid(), threads,
                         workers, self.cores, ", fixed by threads_per_worker" if self.fixed else "")
             self.threads, self.workers = threads, workers
+            if self.on_change is not None:
+                self.on_change(threads, workers)
         return threads
 
 
@@ -373,7 +377,7 @@ class BatchClassifierHandler(BaseHandler):
         properties = context.system_properties
         model_yaml = getattr(context, "model_yaml_config", None) or {}
         self.settings = self.settings_class.from_dict(model_yaml.get("handler"))
-        self.worker_threads = WorkerThreads(self.settings.threads_per_worker)
+        self.worker_threads = WorkerThreads(self.settings.threads_per_worker, on_change=self.report_thread_share)
         self.autocast_dtype = PRECISIONS[self.settings.precision]
 
         export = self.load_runtime(context.model_name, properties.get("model_dir"), properties.get("gpu_id"))
@@ -409,6 +413,19 @@ class BatchClassifierHandler(BaseHandler):
     @property
     def threads(self) -> int:
         return self.worker_threads.threads
+
+    def metric_dimensions(self, **extra: str) -> List[Dimension]:
+        """The model's dimensions, given explicitly: TorchServe adds ModelName only when a batch's request
+        ids are set (not at initialize), and appends its defaults to a list shared between calls."""
+        return [Dimension("ModelName", self.context.model_name), Dimension("Level", "Model"),
+                *(Dimension(name, value) for name, value in extra.items())]
+
+    def report_thread_share(self, threads: int, workers: int) -> None:
+        """This worker's torch threads and the live workers it shares the cores with, as gauges per
+        worker pid on the metrics endpoint: what the live tests and the benchmark read back."""
+        for name, value in (("ts_handler_torch_threads", threads), ("ts_handler_live_workers", workers)):
+            self.context.metrics.add_metric(name, value, "count", None, self.metric_dimensions(WorkerPid=str(os.getpid())),
+                                            MetricTypes.GAUGE)
 
     # ---- hooks for modality handlers -------------------------------------------------------
     def load_modality(self, export) -> None:
@@ -470,6 +487,9 @@ class BatchClassifierHandler(BaseHandler):
         if explained:
             self.explain_batch(batch, data, explained)
         context.metrics.add_time("HandlerTime", round((time.perf_counter() - started) * 1000, 2), None, "ms")
+        # HandlerTime is a gauge on the metrics endpoint (its last value): this counter is what tells
+        # how many batches the model ran, and so the batch size formed (requests / batches).
+        context.metrics.add_counter("ts_handler_batches", 1, None, self.metric_dimensions())
         return self.respond(batch)
 
     def request_headers(self, index: int) -> Dict[str, Any]:
