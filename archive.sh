@@ -7,8 +7,8 @@
 #   EXPORTS_DIR=... MODEL_STORE=... CONFIGS_DIR=... ./archive.sh
 #
 # An archive holds the weights (serialized file: weights.pt, or model.onnx), the export's other files (model.json, labels,
-# tokenizer ...), the handler for the export's modality, the handlers' shared modules (handler_common.py,
-# explanations.py: every handlers/*.py that is not a modality's handler), the model_defs/ package
+# tokenizer ...), the handler for the export's modality, the handlers' shared modules (batch_handler.py,
+# protocols.py, explanations.py ...: every handlers/*.py that is not a modality's handler), the model_defs/ package
 # and configs/<name>.yaml as its model-config. torch-model-archiver copies an --extra-files folder's
 # contents flat, so a staging folder that *contains* model_defs/ is passed: the package survives, and
 # the .mar loads on a TorchServe whose PYTHONPATH has no checkout on it. Re-running overwrites (--force).

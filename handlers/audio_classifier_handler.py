@@ -21,7 +21,10 @@ import torch
 
 from explanations import AttributionInput, new_figure, png_base64, round_floats
 
-from handler_common import BatchClassifierHandler, HandlerSettings, ItemError, binary_content, setting
+from batch_handler import BatchClassifierHandler, HandlerSettings
+from handler_settings import setting
+from item_errors import ItemError
+from request_payloads import binary_content
 from model_defs.audio import (
     AudioInputError,
     AudioPreprocessing,
@@ -63,10 +66,10 @@ class AudioClassifierHandler(BatchClassifierHandler):
         else:
             self.feature_extractor = LogMelSpectrogram(self.preprocessing).to(self.device).eval()
 
-    def prepare_payload(self, payload, index: int):
-        content = binary_content(payload, self.json_fields, self.settings.max_bytes, "audio file")
+    def item_from_content(self, content, index: int):
+        encoded = binary_content(content, self.json_fields, self.settings.max_bytes, "audio file")
         try:
-            clip = prepare_clip(content, self.preprocessing, self.settings.max_seconds)
+            clip = prepare_clip(encoded, self.preprocessing, self.settings.max_seconds)
         except AudioInputError as error:
             raise ItemError(_STATUS_BY_ERROR.get(type(error), 400), error.error_type, str(error)) from None
         headers = {

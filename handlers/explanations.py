@@ -5,25 +5,54 @@ each such request with an `explain: True` header. BatchClassifierHandler reads t
 request (TorchServe's stock handlers read request 0 for the whole batch), so a batch can mix the two
 routes. Each explanation request is attributed on its own: it has its own target, method and options.
 
-A modality says what is attributed through `AttributionInput`: the tensor (pixels, token embeddings,
-log-mel features), the baseline that stands for "no evidence" (a mean-grey image, zero embeddings,
-the log-mel of silence) and the forward function from that tensor to logits. This module knows
-nothing of images, text or audio, so a modality added later through the handler's hooks gets
-explanations too. Shipped flat in every archive beside handler_common; captum itself is imported
-only when the first explanation is asked for, so predictions never pay for it.
+This module owns the whole feature: its settings (`ExplanationSettings`, the model-config's
+`explain_*` keys), each request's options, the per-batch time budget (`explain_requests`, the one
+entry point the base handler calls), Captum, and the helpers the modalities render PNGs with.
+
+A modality says what is attributed through two handler hooks. `attribution_input` gives an
+`AttributionInput`: the tensor (pixels, token embeddings, log-mel features), the baseline that stands
+for "no evidence" (a mean-grey image, zero embeddings, the log-mel of silence) and the forward
+function from that tensor to logits. `explanation_fields` lays the attributions out for a person (a
+grid over the image, one value per token). This module knows nothing of images, text or audio, so a
+modality added later through those hooks gets explanations too. Shipped flat in every archive beside
+the base handler; captum itself is imported only when the first explanation is asked for, so
+predictions never pay for it.
 """
 import base64
 import io
+import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+
+from handler_settings import SettingsSchema, setting
+from item_errors import ItemError, PreparedBatch, internal_error
+from out_of_memory import is_out_of_memory, out_of_memory_error
+
+logger = logging.getLogger(__name__)
 
 METHODS = ("integrated_gradients", "gradient_shap")
 # The options a request may set; cost (steps, samples) is the model-config's alone, so a request
 # cannot buy itself more compute than the model's responseTimeout was sized for.
 REQUEST_OPTIONS = ("target", "method", "noise_tunnel", "visualize")
 TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+@dataclass(frozen=True)
+class ExplanationSettings(SettingsSchema):
+    """The model-config's `explain_*` keys. A request may choose method and noise_tunnel, never the cost."""
+
+    explain_method: str = setting("integrated_gradients", choices=METHODS)
+    explain_noise_tunnel: bool = setting(False)                   # SmoothGrad around the method
+    explain_steps: int = setting(50, minimum=2)                   # Integrated Gradients' path steps
+    explain_samples: int = setting(16, minimum=2)                 # GradientShap baselines / SmoothGrad copies
+    explain_internal_batch_size: int = setting(16, minimum=1)     # forwards evaluated together
+    explain_noise_level: float = setting(0.1, minimum=1e-6)       # SmoothGrad noise, share of the input's range
+    # Seconds one batch may spend on explanations; requests past it get a 503 to retry, so that the
+    # predictions batched with them are answered well within responseTimeout.
+    explain_budget_seconds: float = setting(10.0, minimum=0.1)
 
 
 class OptionError(ValueError):
@@ -120,6 +149,74 @@ class AttributionCost:
     samples: int               # GradientShap's baseline samples, and SmoothGrad's noisy copies
     internal_batch_size: int   # forwards evaluated together: bounds the memory of one explanation
     noise_level: float         # SmoothGrad's noise, as a share of the input's value range
+
+    @classmethod
+    def from_settings(cls, settings: ExplanationSettings) -> "AttributionCost":
+        return cls(settings.explain_steps, settings.explain_samples, settings.explain_internal_batch_size,
+                   settings.explain_noise_level)
+
+
+# ---- the requests of a batch ------------------------------------------------------------------
+def explain_requests(handler, batch: PreparedBatch, indices: List[int]) -> None:
+    """Replace the predictions of requests `indices` by their explanations, one item at a time (each
+    has its own target and options), within the batch's time budget (`explain_budget_seconds`).
+
+    `handler` is the batch's BatchClassifierHandler: its settings, labels, request headers,
+    `explanations_unavailable`, and the modality's hooks `attribution_input` and `explanation_fields`.
+    A request's failure is its own: an ItemError, a 400 for bad options, a 507 for out of memory.
+    """
+    started, budget, explained = time.perf_counter(), handler.settings.explain_budget_seconds, 0
+    for index in indices:
+        try:
+            explanations = []
+            for position, row in zip(batch.positions(index), batch.requests[index].rows):
+                spent = time.perf_counter() - started
+                # Stop before an explanation that would likely overrun: the mean so far is the estimate.
+                if explained and spent + spent / explained > budget:
+                    raise over_budget_error(budget)
+                explanations.append(explain_item(handler, batch, index, position, row))
+                explained += 1
+            batch.answers[index] = explanations
+        except ItemError as error:
+            batch.errors[index] = error
+        except OptionError as error:
+            batch.errors[index] = ItemError(400, "InvalidExplanationOptions", str(error))
+        except Exception as error:
+            logger.exception("explaining request %d of the batch failed", index)
+            # Attribution runs many forward passes at once (explain_internal_batch_size): the likeliest
+            # place to run out of memory, and the client's to retry or ask a cheaper method for.
+            batch.errors[index] = out_of_memory_error(handler.device) if is_out_of_memory(error) else internal_error()
+
+
+def explain_item(handler, batch: PreparedBatch, index: int, position: int, row: Dict[str, Any]) -> Dict[str, Any]:
+    """The explanation of the item at `position` of the batch, with request `index`'s options (from
+    its headers and from `row`, the instance's own row)."""
+    if handler.explanations_unavailable:
+        raise ItemError(400, "ExplanationsUnavailable", handler.explanations_unavailable)
+    settings = handler.settings
+    options = request_options(row, handler.request_headers(index), settings.explain_method, settings.explain_noise_tunnel)
+    probabilities = batch.probabilities[position]
+    target = target_index(options.target, handler.labels, int(probabilities.argmax()))
+    source = handler.attribution_input(batch, position)
+    attributions, delta = attribute(source, target, options.method, options.noise_tunnel,
+                                    AttributionCost.from_settings(settings))
+    return {
+        "target": handler.labels[target],
+        "target_index": target,
+        "probability": round(float(probabilities[target]), 6),
+        "method": options.method,
+        "noise_tunnel": options.noise_tunnel,
+        "convergence_delta": None if delta is None else round(delta, 6),
+        **handler.explanation_fields(attributions, source, batch, position, options),
+    }
+
+
+def over_budget_error(budget_seconds: float) -> ItemError:
+    return ItemError(503, "ExplanationBudgetSpent",
+                     f"this batch spent its {budget_seconds:g} s explanation budget before reaching this request; retry it")
+
+
+# ---- Captum -----------------------------------------------------------------------------------
 
 
 def attribute(source: AttributionInput, target: int, method: str, noise_tunnel: bool,

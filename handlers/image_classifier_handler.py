@@ -14,7 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from explanations import new_figure, png_base64, round_floats
-from handler_common import BatchClassifierHandler, HandlerSettings, ItemError, binary_content, setting
+from batch_handler import BatchClassifierHandler, HandlerSettings
+from handler_settings import setting
+from item_errors import ItemError
+from request_payloads import binary_content
 from model_defs.image import ImageDecodeError, ImageTooLargeError, draft_min_side, eval_transform, load_image
 
 ImageSettings = HandlerSettings.extend(
@@ -32,17 +35,17 @@ class ImageClassifierHandler(BatchClassifierHandler):
     modality = "image"
     settings_class = ImageSettings
     json_fields = ("data", "image")
-    prepare_in_threads = True  # PIL decodes and resizes with the GIL released
+    decode_in_threads = True  # PIL decodes and resizes with the GIL released
 
     def load_modality(self, export):
         self.transform = eval_transform(export.spec["preprocess"])
         # JPEGs decode no larger than the resize needs (draft mode), as in training's held-out evaluation.
         self.decode_min_side = draft_min_side(export.spec["preprocess"])
 
-    def prepare_payload(self, payload, index):
-        content = binary_content(payload, self.json_fields, self.settings.max_bytes, "image")
+    def item_from_content(self, content, index):
+        encoded = binary_content(content, self.json_fields, self.settings.max_bytes, "image")
         try:
-            image = load_image(content, self.settings.max_pixels, min_side=self.decode_min_side)
+            image = load_image(encoded, self.settings.max_pixels, min_side=self.decode_min_side)
         except ImageTooLargeError as error:
             raise ItemError(413, "ImageTooLarge", str(error)) from None
         except ImageDecodeError as error:

@@ -14,12 +14,28 @@ An instance is what the plain /predictions route takes as a JSON body or a strin
 audio {"data": "<base64>"} (v2: the base64 string), for text {"text": "..."} or the text itself.
 A request with a bad instance is answered 400 in its protocol's error form, {"error": "..."}; the
 other requests of the batch are served.
+
+The base handler sees every request through this module, a plain /predictions request included (a
+protocol of one instance, its row as it came): `unwrap` turns a request into its instances' rows,
+`render` and `render_error` turn their results into the request's answer. It holds no protocol branch.
 """
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-V1, V2 = "v1", "v2"
+PLAIN, V1, V2 = "plain", "v1", "v2"
+
+
+@dataclass
+class Request:
+    """One request of a batch, as its protocol sees it."""
+    protocol: str                    # PLAIN, V1 or V2
+    rows: List[Dict[str, Any]]       # each instance as the worker's row of a plain request
+    request_id: Optional[str] = None  # v2's "id", echoed in the answer
+
+    def instance_error_message(self, number: int, message: str) -> str:
+        """An instance's error as its request's: which instance, where a request has several."""
+        return message if self.protocol == PLAIN else f"instance {number}: {message}"
 
 
 class ProtocolError(ValueError):
@@ -27,19 +43,7 @@ class ProtocolError(ValueError):
 
     def __init__(self, protocol: str, message: str):
         super().__init__(f"{protocol}: {message}")
-        self.protocol = protocol
-
-
-@dataclass
-class ProtocolRequest:
-    protocol: str                 # V1 or V2
-    instances: List[Any]          # each one a body the plain route would take
-    request_id: Optional[str] = None  # v2's "id", echoed in the answer
-    extras: Dict[str, Any] = field(default_factory=dict)
-
-    def rows(self) -> List[Dict[str, Any]]:
-        """Each instance as the worker's row of a plain request whose JSON body it is."""
-        return [{"body": instance} for instance in self.instances]
+        self.request = Request(protocol, [])  # no instances: answered in its protocol's error form
 
 
 def _flatten(values) -> list:
@@ -49,22 +53,26 @@ def _flatten(values) -> list:
     return flat
 
 
-def parse(row: Dict[str, Any]) -> Optional[ProtocolRequest]:
-    """The request's protocol and instances, or None for a plain request (which is served as today)."""
+def _instance_rows(instances: List[Any]) -> List[Dict[str, Any]]:
+    """Each instance as the worker's row of a plain request whose JSON body it is."""
+    return [{"body": instance} for instance in instances]
+
+
+def unwrap(row: Dict[str, Any]) -> Request:
+    """The request's protocol and its instances' rows; a plain request is one instance, its own row."""
     body = row.get("body")
-    if not isinstance(body, dict):
-        return None
-    if "instances" in body:
-        instances = body["instances"]
-        if not isinstance(instances, list) or not instances:
-            raise ProtocolError(V1, '"instances" must be a non-empty list')
-        return ProtocolRequest(V1, instances)
-    if "inputs" in body:
-        return _parse_v2(body)
-    return None
+    if isinstance(body, dict):
+        if "instances" in body:
+            instances = body["instances"]
+            if not isinstance(instances, list) or not instances:
+                raise ProtocolError(V1, '"instances" must be a non-empty list')
+            return Request(V1, _instance_rows(instances))
+        if "inputs" in body:
+            return _unwrap_v2(body)
+    return Request(PLAIN, [row])
 
 
-def _parse_v2(body: dict) -> ProtocolRequest:
+def _unwrap_v2(body: dict) -> Request:
     inputs = body["inputs"]
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise ProtocolError(V2, '"inputs" must be a list of one input tensor '
@@ -88,14 +96,14 @@ def _parse_v2(body: dict) -> ProtocolRequest:
     if not all(isinstance(value, str) for value in data):
         raise ProtocolError(V2, "every BYTES element must be a string")
     request_id = body.get("id")
-    return ProtocolRequest(V2, data, None if request_id is None else str(request_id),
-                           {"parameters": body.get("parameters")})
+    return Request(V2, _instance_rows(data), None if request_id is None else str(request_id))
 
 
-def answer(request: ProtocolRequest, results: List[Any], model_name: str, request_id: str,
-           explanations: bool) -> Dict[str, Any]:
+def render(request: Request, results: List[Any], model_name: str, request_id: str, explanations: bool) -> Any:
     """The protocol's answer to one request: one result (a {label: probability} prediction, or an
-    explanation) per instance, in order."""
+    explanation) per instance, in order. A plain request's answer is its one result, as it is."""
+    if request.protocol == PLAIN:
+        return results[0]
     if request.protocol == V1:
         return {"explanations" if explanations else "predictions": results}
     if explanations:
@@ -113,6 +121,9 @@ def answer(request: ProtocolRequest, results: List[Any], model_name: str, reques
     return {"model_name": model_name, "id": request.request_id or request_id, "outputs": outputs}
 
 
-def error_body(status: int, error_type: str, message: str) -> Dict[str, Any]:
-    """KServe's error form, {"error": "..."}, keeping this bundle's code and type beside it."""
-    return {"error": f"{error_type}: {message}", "code": status, "type": error_type}
+def render_error(request: Optional[Request], body: Dict[str, Any]) -> Dict[str, Any]:
+    """A request's error body ({"code", "type", "message"}) in its protocol's form. KServe's is
+    {"error": "..."}; this bundle's code and type stay beside it."""
+    if request is None or request.protocol == PLAIN:
+        return body
+    return {"error": f"{body['type']}: {body['message']}", "code": body["code"], "type": body["type"]}

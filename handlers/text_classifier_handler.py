@@ -27,7 +27,9 @@ from typing import Any, Dict, List, Tuple
 import torch
 
 from explanations import AttributionInput
-from handler_common import BatchClassifierHandler, HandlerSettings, ItemError, payload_too_large, setting
+from batch_handler import BatchClassifierHandler, HandlerSettings
+from handler_settings import setting
+from item_errors import ItemError, payload_too_large
 from model_defs.text import EncodedTexts, TextEncoder
 
 TEXT_FIELDS = ("body", "text", "data")  # where the text may be: the raw body, or a form field
@@ -105,7 +107,7 @@ class TextClassifierHandler(BatchClassifierHandler):
                              f"{self.spec['arch']} model takes at most {model_limit} tokens")
 
     # ---- batch flow -----------------------------------------------------------------------------
-    def prepare_item(self, row, index: int):
+    def item_from_row(self, row, index: int):
         # The text may be the body or a form field, and the Content-Type tells a JSON body that failed
         # to parse, or a urlencoded body TorchServe emptied, from plain text: so the whole row is read.
         text = self.request_text(dict(row), self.request_media_type(index))

@@ -21,7 +21,7 @@ from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 import ts
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Handlers import `handler_common` and `model_defs` top-level, as they do inside an archive.
+# Handlers import their shared modules (batch_handler, ...) and `model_defs` top-level, as they do inside an archive.
 for _path in (REPO_ROOT, REPO_ROOT / "handlers"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
@@ -46,7 +46,8 @@ def load_handler(handler_module: str, export_dir, model_name: str, model_yaml=No
     module = importlib.import_module(handler_module)
     handler_class = next(
         obj for obj in vars(module).values()
-        if isinstance(obj, type) and obj.__module__ == module.__name__ and hasattr(obj, "prepare_item")
+        if isinstance(obj, type) and obj.__module__ == module.__name__
+        and any(base.__name__ == "BatchClassifierHandler" for base in obj.__mro__)
     )
     handler = handler_class()
     handler.initialize(context)

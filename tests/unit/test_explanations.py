@@ -13,7 +13,7 @@ from PIL import Image
 
 from explanations import AttributionCost, attribute
 from export_paths import REPO_ROOT, export_dir
-from handler_common import PreparedBatch
+from item_errors import PreparedBatch
 from scripts.handler_harness import explain, load_handler, predict, run_batch, worker_row
 from model_defs.audio import encode_audio
 from train.synthetic_shapes import SHAPES, render_shape_with_mask
@@ -65,6 +65,21 @@ def test_an_image_explanation_names_its_target_and_holds_a_coarse_grid(image_han
     assert body["grid"] == {"rows": 14, "columns": 14, "input_size": [32, 32], "cell_pixels": [2.286, 2.286]}
     assert "heatmap_png" not in body
     assert len(json.dumps(body)) < 10_000, "the answer stays small"
+
+
+def test_a_modality_without_a_layout_of_its_own_answers_its_attributions_as_they_are(image_handler, monkeypatch):
+    # A new modality need not lay its attributions out (batch_handler's default explanation_fields):
+    # /explanations then answers them shaped like one input, here [3, 32, 32] pixels, not a 500.
+    from batch_handler import BatchClassifierHandler
+
+    handler, _ = image_handler
+    monkeypatch.setattr(handler, "explanation_fields",
+                        BatchClassifierHandler.explanation_fields.__get__(handler))
+    (response,) = explain(image_handler, worker_row(png(STAR)))
+    assert response.status == 200, response.body
+    assert response.body["target"] == "star" and response.body["shape"] == [3, 32, 32]
+    pixels = np.asarray(response.body["attributions"])
+    assert pixels.shape == (3, 32, 32) and np.isfinite(pixels).all() and np.abs(pixels).sum() > 0
 
 
 def full_attributions(handler, image, target: int, method="integrated_gradients", noise_tunnel=False):

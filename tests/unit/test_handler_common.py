@@ -9,9 +9,10 @@ import torch
 import yaml
 from ts.metrics.metric_type_enum import MetricTypes
 
-import handler_common
+import worker_threads
 from export_paths import REPO_ROOT, export_dir
-from handler_common import HandlerSettings, WorkerThreads
+from batch_handler import HandlerSettings
+from worker_threads import WorkerThreads
 from scripts.handler_harness import load_handler, predict, worker_row
 from text_classifier_handler import TextSettings
 from train.synthetic_shapes import render_shape
@@ -110,7 +111,7 @@ def restore_torch_threads():
 
 def test_threads_are_the_cores_shared_by_the_live_workers(monkeypatch, restore_torch_threads):
     workers = iter([1, 3, 3, 8, 1])
-    monkeypatch.setattr(handler_common, "live_worker_count", lambda: next(workers))
+    monkeypatch.setattr(worker_threads, "live_worker_count", lambda: next(workers))
     threads = WorkerThreads(cores=16, recheck_seconds=0)
     assert threads.threads == torch.get_num_threads() == 16
     assert threads.follow_live_workers() == torch.get_num_threads() == 5  # scaled to 3 workers
@@ -120,19 +121,19 @@ def test_threads_are_the_cores_shared_by_the_live_workers(monkeypatch, restore_t
 
 
 def test_workers_past_the_core_count_get_one_thread_each(monkeypatch, restore_torch_threads):
-    monkeypatch.setattr(handler_common, "live_worker_count", lambda: 5)
+    monkeypatch.setattr(worker_threads, "live_worker_count", lambda: 5)
     assert WorkerThreads(cores=2).threads == 1
 
 
 def test_a_fixed_thread_count_is_kept_whatever_the_workers(monkeypatch, restore_torch_threads):
-    monkeypatch.setattr(handler_common, "live_worker_count", lambda: 4)
+    monkeypatch.setattr(worker_threads, "live_worker_count", lambda: 4)
     threads = WorkerThreads(fixed=3, cores=16, recheck_seconds=0)
     assert threads.follow_live_workers() == torch.get_num_threads() == 3
 
 
 def test_the_live_worker_count_is_re_read_at_most_every_few_seconds(monkeypatch, restore_torch_threads):
     calls = []
-    monkeypatch.setattr(handler_common, "live_worker_count", lambda: calls.append(1) or 1)
+    monkeypatch.setattr(worker_threads, "live_worker_count", lambda: calls.append(1) or 1)
     threads = WorkerThreads(cores=2, recheck_seconds=60)
     for _ in range(10):
         threads.follow_live_workers()
@@ -140,7 +141,7 @@ def test_the_live_worker_count_is_re_read_at_most_every_few_seconds(monkeypatch,
 
 
 def test_outside_torchserve_this_process_is_the_only_worker():
-    assert handler_common.live_worker_count() == 1
+    assert worker_threads.live_worker_count() == 1
 
 
 # ---- per-stage timing ---------------------------------------------------------------------------
@@ -163,14 +164,14 @@ def image_handler(tmp_path):
 
 def test_a_bug_while_preparing_one_item_is_a_500_that_leaks_nothing(image_handler, monkeypatch, caplog):
     handler, _ = image_handler
-    prepare = handler.prepare_payload
+    prepare = handler.item_from_content
 
-    def buggy(payload, index):
+    def buggy(content, index):
         if index == 1:
             raise KeyError(SECRET)
-        return prepare(payload, index)
+        return prepare(content, index)
 
-    monkeypatch.setattr(handler, "prepare_payload", buggy)
+    monkeypatch.setattr(handler, "item_from_content", buggy)
     with caplog.at_level(logging.ERROR):
         responses = predict(image_handler, *(worker_row(png_bytes(s)) for s in ("star", "circle", "ring")),
                             worker_row(b"not an image"))

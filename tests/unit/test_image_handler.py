@@ -100,19 +100,19 @@ def test_transparency_is_composited_onto_white():
 
 def test_gif_is_read_from_its_first_frame(image_handler):
     handler, _ = image_handler
-    first_frame, _ = handler.prepare_payload(bytearray(_animated_gif(STAR, render_shape("circle", size=96, seed=3))), 0)
-    only_first, _ = handler.prepare_payload(bytearray(_animated_gif(STAR, STAR)), 0)
+    first_frame, _ = handler.item_from_content(bytearray(_animated_gif(STAR, render_shape("circle", size=96, seed=3))), 0)
+    only_first, _ = handler.item_from_content(bytearray(_animated_gif(STAR, STAR)), 0)
     assert torch.equal(first_frame, only_first)
 
 
 def test_exif_orientation_is_honoured(image_handler):
     handler, _ = image_handler
-    upright, _ = handler.prepare_payload(bytearray(encode(STAR)), 0)
+    upright, _ = handler.item_from_content(bytearray(encode(STAR)), 0)
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90° clockwise to display": the stored pixels lie on their side
     stored_sideways = encode(STAR.transpose(Image.Transpose.ROTATE_90), exif=exif)
-    restored, _ = handler.prepare_payload(bytearray(stored_sideways), 0)
-    ignored, _ = handler.prepare_payload(bytearray(encode(STAR.transpose(Image.Transpose.ROTATE_90))), 0)
+    restored, _ = handler.item_from_content(bytearray(stored_sideways), 0)
+    ignored, _ = handler.item_from_content(bytearray(encode(STAR.transpose(Image.Transpose.ROTATE_90))), 0)
     assert torch.equal(restored, upright)
     assert not torch.equal(ignored, upright)
 
@@ -212,7 +212,7 @@ def test_large_jpegs_are_decoded_at_a_reduced_scale(image_handler, large_jpegs):
     handler, _ = image_handler
     params = handler.spec["preprocess"]
     for content in large_jpegs:
-        prepared, _ = handler.prepare_payload(bytearray(content), 0)
+        prepared, _ = handler.item_from_content(bytearray(content), 0)
         drafted = load_image(content, handler.settings.max_pixels, min_side=draft_min_side(params))
         full = load_image(content, handler.settings.max_pixels)
         assert draft_min_side(params) <= min(drafted.size) < min(full.size) and draft_min_side(params) >= params["resize"]
@@ -249,7 +249,7 @@ def test_a_batch_decoded_on_the_worker_threads_answers_as_one_decoded_in_order(t
         rows[2:2] = [worker_row(b"corrupt"), worker_row(b"")]
         answers[threads] = predict(loaded, *rows)
         handler, _ = loaded
-        assert getattr(handler, "_prepare_pool", (None, 0))[1] == (threads if threads > 1 else 0)
+        assert getattr(handler, "_decode_pool", (None, 0))[1] == (threads if threads > 1 else 0)
     serial, threaded = answers[1], answers[4]
     assert [r.status for r in threaded] == [r.status for r in serial] == [200, 200, 400, 400] + [200] * (len(SHAPES) - 2)
     for one, other in zip(serial, threaded):

@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from export_paths import REPO_ROOT, export_dir
+from model_runtime import load_model
 from scripts.handler_harness import load_handler
 from model_defs.onnx_runtime import (CPU_PROVIDER, CUDA_PROVIDER, ONNX_FILE, OnnxRuntimeModel, execution_providers,
                                      is_onnx_model_file, serialized_file)
@@ -78,5 +79,5 @@ def test_an_onnx_worker_refuses_autocast_precision_at_start(tmp_path):
 def test_a_gpu_worker_keeps_torch_on_the_cpu_for_onnx_runtime(tmp_path, monkeypatch):
     handler, _ = load_handler("image_classifier_handler", export_dir(IMAGE_ONNX), IMAGE_ONNX, tmp_dir=tmp_path)
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CPU_PROVIDER])
-    export = handler.load_runtime(IMAGE_ONNX, str(tmp_path / IMAGE_ONNX), 0)
-    assert handler.device == torch.device("cpu") and export.model.device == "cpu"
+    loaded = load_model(IMAGE_ONNX, str(tmp_path / IMAGE_ONNX), handler.manifest, 0, "image", "fp32", threads=lambda: 1)
+    assert loaded.device == torch.device("cpu") and loaded.export.model.device == "cpu"

@@ -10,7 +10,8 @@ import pytest
 import soundfile
 import torch
 
-import handler_common
+import explanations
+import out_of_memory
 from export_paths import export_dir
 from scripts.handler_harness import explain, load_handler, predict, run_batch, worker_row
 from train.synthetic_shapes import render_shape
@@ -121,7 +122,7 @@ def test_out_of_memory_on_every_size_answers_507_per_item_and_the_next_batch_is_
     assert [r.status for r in responses] == [507, 400, 507, 507]
     assert all(r.headers.get("Content-Type", "application/json").startswith("application/json") for r in responses)
     # 3 items: tried as 3, then 1 and 2, then the 2 as 1 + 1: five refusals, each counted.
-    assert counted == [("ts_handler_out_of_memory", 1)] * 5
+    assert [entry for entry in counted if entry[0] == "ts_handler_out_of_memory"] == [("ts_handler_out_of_memory", 1)] * 5
     monkeypatch.undo()
     assert [r.status for r in predict((handler, context), rows[0], rows[1])] == [200, 200]
 
@@ -130,7 +131,7 @@ def test_an_explanation_is_not_attempted_for_an_item_that_ran_out_of_memory(load
     (handler, context), rows = loaded
     refuse_batches_over(handler, monkeypatch, limit=0)
     attempted = []
-    monkeypatch.setattr(handler, "explain_item", lambda *args: attempted.append(args) or {})
+    monkeypatch.setattr(explanations, "explain_item", lambda *args: attempted.append(args) or {})
     responses = explain((handler, context), rows[0], rows[1])
     assert [r.status for r in responses] == [507, 507] and attempted == []
 
@@ -141,7 +142,7 @@ def test_an_explanation_that_runs_out_of_memory_gets_507_and_its_neighbour_its_p
     def attribution_out_of_memory(*args):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
 
-    monkeypatch.setattr(handler_common, "attribute", attribution_out_of_memory)
+    monkeypatch.setattr(explanations, "attribute", attribution_out_of_memory)
     responses = run_batch(handler, context, [rows[0], rows[1]], explain=[True, False])
     assert [r.status for r in responses] == [507, 200]
     assert responses[0].body["type"] == "OutOfMemory"
@@ -165,7 +166,7 @@ def test_any_other_forward_failure_keeps_the_generic_500(loaded, monkeypatch):
     (ValueError("out of memory"), False),  # said in words, but not by an allocator
 ])
 def test_out_of_memory_is_recognised_from_each_allocator(error, expected):
-    assert handler_common.is_out_of_memory(error) is expected
+    assert out_of_memory.is_out_of_memory(error) is expected
 
 
 def test_on_a_gpu_the_cached_memory_is_released_before_each_retry(monkeypatch, tmp_path):
