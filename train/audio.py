@@ -147,7 +147,8 @@ def main(args) -> dict:
             predict_probabilities(model, feature_extractor, heldout_x), heldout_y, class_names)
         metrics = export_metrics(fitted, train_examples=len(train_y), heldout_examples=len(heldout_y),
                                  data=data_description, started=started)
-        detail = " (" + ", ".join(f"{name} {accuracy:.2f}" for name, accuracy in fitted["heldout_accuracy_per_class"].items()) + ")"
+        per_class = fitted["heldout_accuracy_per_class"].items()
+        detail = f" ({', '.join(f'{name} {accuracy:.2f}' for name, accuracy in per_class)})"
 
     out = write_export(args.out, model, name=MODEL_NAME, modality="audio", arch=args.arch, model_args=model_args,
                        preprocess=preprocessing.to_dict(), labels=list(class_names), metrics=metrics,
