@@ -2,6 +2,7 @@
 
     python -m train.audio                      # seeded synthetic sounds (7 classes), about a minute on 2 cores
     python -m train.audio --data DIR           # your clips: DIR/<class name>/<clip>.wav|.flac|.ogg
+    python -m train.audio --epochs 0 --out DIR # untrained: seeded initial weights
 
 Every clip, synthetic or yours, goes through model_defs.audio.prepare_clip, the function the handler
 calls: synthetic clips (train/synthetic_sounds.py) are generated at several sample rates, channel
@@ -11,7 +12,6 @@ seed stream (synthetic) or split off per class (--data); its accuracy is printed
 model.json's metrics.
 """
 import argparse
-import os
 import time
 from pathlib import Path
 from typing import Dict, Iterable, Sequence, Tuple
@@ -25,12 +25,11 @@ from model_defs.audio import AudioInputError, AudioPreprocessing, LogMelSpectrog
 from model_defs.export import write_export
 from model_defs.registry import build_model
 from train import synthetic_sounds
-from train.common import (OPTIMIZERS, DataError, class_folders, export_metrics, fit, fraction,
-                         per_class_heldout_split, print_summary, run, seed_everything)
+from train.common import (DataError, add_training_arguments, architecture_of, class_folders, export_metrics, fit,
+                          fraction, per_class_heldout_split, print_summary, run, seed_everything, untrained_metrics,
+                          use_threads)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]  # default --out is in the checkout, wherever it is run from
 MODEL_NAME = "audio_classifier"
-ARCH = "log_mel_cnn"
 LAYOUT = "<class name>/<clip>.wav|.flac|.ogg"
 
 
@@ -89,23 +88,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                                      add_help=add_help)
     parser.add_argument("--data", type=Path, default=None,
                         help=f"folder of class subfolders, DIR/{LAYOUT}; default: generated sounds")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "exports" / MODEL_NAME, help="export directory")
-    parser.add_argument("--seed", type=int, default=0, help="seed for data generation, split and initialisation")
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS)
-    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the one-cycle schedule")
-    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--arch", default="log_mel_cnn", type=architecture_of("audio"),
+                        help="a registered audio architecture (default log_mel_cnn, a CNN over log-mel spectrograms)")
     parser.add_argument("--train-per-class", type=int, default=200, help="generated training clips per class (demo data only)")
     parser.add_argument("--heldout-per-class", type=int, default=100, help="generated held-out clips per class (demo data only)")
     parser.add_argument("--heldout-fraction", type=fraction, default=0.2, help="share of each --data class held out for accuracy")
-    # One thread by default: this CNN is too small to gain much from intra-op parallelism, and on a
-    # machine busy with other work 2 threads measured 27 s per epoch against 3 s for 1 (2 cores).
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for training (0: one per core)")
     parser.add_argument("--sample-rate", type=int, default=AudioPreprocessing.sample_rate, help="model sample rate (Hz)")
     parser.add_argument("--window-seconds", type=float, default=AudioPreprocessing.window_seconds,
                         help="clip window the model sees; shorter clips are padded, longer ones cropped")
-    return parser
+    # One thread: this CNN is too small to gain much from intra-op parallelism, and on a machine busy
+    # with other work 2 threads measured 27 s per epoch against 3 s for 1 (2 cores).
+    return add_training_arguments(parser, MODEL_NAME, epochs=8, batch_size=64, lr=3e-3, weight_decay=1e-4, threads=1)
 
 
 def main(args) -> dict:
@@ -114,23 +107,23 @@ def main(args) -> dict:
     preprocessing = AudioPreprocessing(sample_rate=args.sample_rate, window_seconds=args.window_seconds)
     feature_extractor = LogMelSpectrogram(preprocessing)
 
-    # Preparing a clip is a handful of small tensor ops: with several threads their start-up and
-    # synchronisation cost more than the work (35 ms vs 1.5 ms per resample measured on a busy
-    # 2-core machine), so clips are prepared on one thread whatever --threads says.
-    torch.set_num_threads(1)
-    if args.data is None:
-        class_names = synthetic_sounds.SYNTHETIC_LABELS
-        # Separate seed streams: the held-out clips are never generated from training randomness.
-        train_x, train_y = synthetic_dataset(args.train_per_class, np.random.default_rng([args.seed, 0]), preprocessing)
-        heldout_x, heldout_y = synthetic_dataset(args.heldout_per_class, np.random.default_rng([args.seed, 1]), preprocessing)
-        data_description = f"generated sounds (seed {args.seed})"
+    data_description = str(args.data) if args.data else f"generated sounds (seed {args.seed})"
+    if args.epochs == 0:  # the class names only: no clip is generated or read
+        class_names = class_folders(args.data)[0] if args.data else synthetic_sounds.SYNTHETIC_LABELS
     else:
-        train_x, train_y, heldout_x, heldout_y, class_names = folder_dataset(args.data, preprocessing, args.heldout_fraction, args.seed)
-        data_description = str(args.data)
-    threads = args.threads or os.cpu_count() or 1
-    torch.set_num_threads(threads)
-    print(f"{len(class_names)} classes, {len(train_y)} training / {len(heldout_y)} held-out clips from "
-          f"{data_description}, {threads} threads, data ready in {time.perf_counter() - started:.0f}s", flush=True)
+        # Preparing a clip is a handful of small tensor ops: with several threads their start-up and
+        # synchronisation cost more than the work (35 ms vs 1.5 ms per resample measured on a busy
+        # 2-core machine), so clips are prepared on one thread whatever --threads says.
+        torch.set_num_threads(1)
+        if args.data is None:
+            class_names = synthetic_sounds.SYNTHETIC_LABELS
+            # Separate seed streams: the held-out clips are never generated from training randomness.
+            train_x, train_y = synthetic_dataset(args.train_per_class, np.random.default_rng([args.seed, 0]), preprocessing)
+            heldout_x, heldout_y = synthetic_dataset(args.heldout_per_class, np.random.default_rng([args.seed, 1]), preprocessing)
+        else:
+            train_x, train_y, heldout_x, heldout_y, class_names = folder_dataset(args.data, preprocessing,
+                                                                                 args.heldout_fraction, args.seed)
+    threads = use_threads(args.threads)
 
     def classify(model, batch):
         # Log-mel is computed per batch from the prepared windows, in training as in the handler.
@@ -138,23 +131,29 @@ def main(args) -> dict:
         return model(feature_extractor(waveforms)), targets
 
     model_args = {"n_mels": preprocessing.n_mels, "num_classes": len(class_names), "channels": [8, 16, 32, 64, 64], "dropout": 0.1}
-    model = build_model(ARCH, modality="audio", **model_args)
-    loader_generator = torch.Generator().manual_seed(args.seed)
-    train_loader = DataLoader(TensorDataset(train_x, train_y), batch_size=args.batch_size, shuffle=True,
-                              drop_last=len(train_y) > args.batch_size, generator=loader_generator)
-    heldout_loader = DataLoader(TensorDataset(heldout_x, heldout_y), batch_size=256)
-    fitted = fit(model, train_loader, heldout_loader, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
-                 optimizer=args.optimizer, forward=classify, label_smoothing=0.05)
-    fitted["heldout_accuracy_per_class"] = per_class_accuracy(
-        predict_probabilities(model, feature_extractor, heldout_x), heldout_y, class_names)
-    metrics = export_metrics(fitted, train_examples=len(train_y), heldout_examples=len(heldout_y),
-                             data=data_description, started=started)
+    model = build_model(args.arch, modality="audio", **model_args)
+    if args.epochs == 0:
+        metrics, detail = untrained_metrics(args.seed, data=data_description, started=started), ""
+    else:
+        print(f"{len(class_names)} classes, {len(train_y)} training / {len(heldout_y)} held-out clips from "
+              f"{data_description}, {threads} threads, data ready in {time.perf_counter() - started:.0f}s", flush=True)
+        loader_generator = torch.Generator().manual_seed(args.seed)
+        train_loader = DataLoader(TensorDataset(train_x, train_y), batch_size=args.batch_size, shuffle=True,
+                                  drop_last=len(train_y) > args.batch_size, generator=loader_generator)
+        heldout_loader = DataLoader(TensorDataset(heldout_x, heldout_y), batch_size=256)
+        fitted = fit(model, train_loader, heldout_loader, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
+                     optimizer=args.optimizer, forward=classify, label_smoothing=0.05)
+        fitted["heldout_accuracy_per_class"] = per_class_accuracy(
+            predict_probabilities(model, feature_extractor, heldout_x), heldout_y, class_names)
+        metrics = export_metrics(fitted, train_examples=len(train_y), heldout_examples=len(heldout_y),
+                                 data=data_description, started=started)
+        per_class = fitted["heldout_accuracy_per_class"].items()
+        detail = f" ({', '.join(f'{name} {accuracy:.2f}' for name, accuracy in per_class)})"
 
-    out = write_export(args.out, model, name=MODEL_NAME, modality="audio", arch=ARCH, model_args=model_args,
+    out = write_export(args.out, model, name=MODEL_NAME, modality="audio", arch=args.arch, model_args=model_args,
                        preprocess=preprocessing.to_dict(), labels=list(class_names), metrics=metrics,
                        training_args=vars(args), packages=("torch", "torchaudio", "soundfile"))
-    per_class = ", ".join(f"{name} {accuracy:.2f}" for name, accuracy in metrics["heldout_accuracy_per_class"].items())
-    print_summary(metrics, "clips", out, detail=f" ({per_class})")
+    print_summary(metrics, "clips", out, detail=detail)
     return metrics
 
 

@@ -1,6 +1,7 @@
-"""What every modality's training script shares: seeding, the epoch loop and evaluation, the
-metrics an export records, reading a user's folder data set and holding part of it out, and
-ending on a bad --data with one message instead of a traceback."""
+"""What every modality's training script shares: the arguments that mean the same in all three,
+seeding and threads, the epoch loop and evaluation, the metrics an export records (an untrained
+one's too), reading a user's folder data set and holding part of it out, and ending on a bad --data
+with one message instead of a traceback."""
 import argparse
 import os
 import random
@@ -15,6 +16,7 @@ from torch import nn
 from model_defs.registry import check_architecture
 
 T = TypeVar("T")
+REPO_ROOT = Path(__file__).resolve().parents[1]  # default --out is in the checkout, wherever it is run from
 
 
 # ---- the command line ----------------------------------------------------------------------------
@@ -46,12 +48,42 @@ def architecture_of(modality: str) -> Callable[[str], str]:
     return architecture
 
 
+def zero_or_more(text: str) -> int:
+    """An argparse type for --epochs and --threads, where 0 has a meaning of its own."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def fraction(text: str) -> float:
     """An argparse type for --heldout-fraction: a number strictly between 0 and 1."""
     value = float(text)
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
     return value
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, model_name: str, *, epochs: int, batch_size: int,
+                           lr: Optional[float], weight_decay: float, threads: int,
+                           default_lr: Optional[str] = None) -> argparse.ArgumentParser:
+    """The arguments that mean the same in every training script, with that script's defaults.
+    `default_lr` describes a default that depends on other arguments (lr=None)."""
+    parser.add_argument("--epochs", type=zero_or_more, default=epochs,
+                        help=f"passes over the training data (default {epochs}); 0: export the initial weights from "
+                             "--seed untrained, generating no data and reading --data only for its class names")
+    parser.add_argument("--batch-size", type=int, default=batch_size, help=f"training batch size (default {batch_size})")
+    parser.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS, help="default adamw")
+    parser.add_argument("--lr", type=float, default=lr,
+                        help=f"peak learning rate of the one-cycle schedule (default {default_lr or lr})")
+    parser.add_argument("--weight-decay", type=float, default=weight_decay, help=f"default {weight_decay}")
+    parser.add_argument("--threads", type=zero_or_more, default=threads,
+                        help=f"torch threads for training (default {threads}); 0: every core, or OMP_NUM_THREADS when set")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds the generated data, the held-out split and the initial weights (default 0)")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "exports" / model_name,
+                        help=f"export directory, replaced whole (default exports/{model_name})")
+    return parser
 
 
 # ---- a user's data set ---------------------------------------------------------------------------
@@ -134,6 +166,14 @@ def use_all_cores() -> int:
     return threads
 
 
+def use_threads(threads: int) -> int:
+    """--threads: that many torch threads, or every core for 0 (use_all_cores). Returns the count."""
+    if threads == 0:
+        return use_all_cores()
+    torch.set_num_threads(threads)
+    return threads
+
+
 def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, loss_fn: Callable, forward: Callable) -> float:
     """One pass over `loader`; `forward(model, batch)` returns (logits, targets). Returns the mean loss."""
     model.train()
@@ -197,6 +237,19 @@ def export_metrics(fitted: dict, *, train_examples: int, heldout_examples: int, 
             "total_seconds": round(time.perf_counter() - started, 1)}
 
 
+def untrained_metrics(seed: int, *, data: str, started: float) -> dict:
+    """--epochs 0's metrics: the model as built from `seed` (the weights a training run with this seed
+    starts from), exported without generating, reading or evaluating any example."""
+    # No accuracy is claimed: a random model's is chance (1/classes), and measuring it would mean making
+    # the held-out set --epochs 0 skips. null with the reason beside it, not a number read as a result.
+    fitted = {"heldout_accuracy": None, "train_seconds": 0.0, "epochs": 0,
+              "untrained": f"--epochs 0: initial weights from seed {seed}, not trained or evaluated"}
+    return export_metrics(fitted, train_examples=0, heldout_examples=0, data=data, started=started)
+
+
 def print_summary(metrics: dict, unit: str, out: Path, detail: str = "") -> None:
+    if metrics["heldout_accuracy"] is None:
+        print(f"{metrics['untrained']}; no held-out accuracy; {metrics['total_seconds']:.1f}s; export: {out}")
+        return
     print(f"held-out accuracy: {metrics['heldout_accuracy']:.4f} on {metrics['heldout_examples']} {unit}{detail}; "
           f"trained in {metrics['train_seconds']:.1f}s ({metrics['total_seconds']:.1f}s in all); export: {out}")

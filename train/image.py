@@ -20,20 +20,11 @@ from model_defs.export import write_export
 from model_defs.image import draft_min_side, eval_transform, load_image, preprocess_params
 from model_defs.registry import build_model
 from train import synthetic_shapes
-from train.common import (OPTIMIZERS, architecture_of, class_folders, export_metrics, fit, fraction,
-                         per_class_heldout_split, print_summary, run, seed_everything, use_all_cores)
+from train.common import (add_training_arguments, architecture_of, class_folders, export_metrics, fit, fraction,
+                          per_class_heldout_split, print_summary, run, seed_everything, untrained_metrics, use_threads)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]  # default --out is in the checkout, wherever it is run from
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 MAX_TRAIN_PIXELS = 100_000_000
-
-
-def epoch_count(text: str) -> int:
-    """An argparse type for --epochs: 0 (export the initial weights untrained) or more."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
 
 
 def get_args_parser():
@@ -43,19 +34,12 @@ def get_args_parser():
                         help="any torchvision classification architecture (default resnet18)")
     parser.add_argument("--image-size", type=int, help="crop size fed to the model (default: 32 for the demo shapes, 224 for --data)")
     parser.add_argument("--resize", type=int, help="shorter side before the centre crop (default: the image size for the demo, 256/224 of it for --data)")
-    parser.add_argument("--epochs", type=epoch_count, default=3,
-                        help="0: export the seeded initial weights untrained, without generating or reading training data")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--train-size", type=int, default=5800, help="generated training images (demo data only)")
     parser.add_argument("--heldout-size", type=int, default=1200, help="generated held-out images (demo data only)")
     parser.add_argument("--heldout-fraction", type=fraction, default=0.2, help="share of each --data class held out for accuracy")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for --data")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "exports" / "image_classifier")
-    return parser
+    return add_training_arguments(parser, "image_classifier", epochs=3, batch_size=32, lr=1e-3, weight_decay=5e-4,
+                                  threads=0)
 
 
 def zero_init_residual_branches(model: torch.nn.Module) -> None:
@@ -122,60 +106,43 @@ def demo_datasets(args, params):
 
 def main(args):
     seed_everything(args.seed)
-    threads = use_all_cores()
+    threads = use_threads(args.threads)
     started = time.perf_counter()
     if args.image_size is None:
         args.image_size = 224 if args.data else 32
     if args.resize is None and args.data:
         args.resize = round(args.image_size * 256 / 224)  # the ImageNet convention: resize 256, crop 224
     params = preprocess_params(args.image_size, args.resize)
-    if args.epochs == 0:
-        return export_untrained(args, params, started)
-    if args.data:
+    data = str(args.data) if args.data else "generated shapes"
+    if args.epochs == 0:  # the class names only: no image is generated or read
+        classes = class_folders(args.data, IMAGE_SUFFIXES)[0] if args.data else list(synthetic_shapes.SHAPES)
+    elif args.data:
         classes, train_set, heldout_set = user_datasets(args, params)
         loader_args = {"num_workers": args.workers, "persistent_workers": args.workers > 0}
     else:
         classes, train_set, heldout_set = demo_datasets(args, params)
         loader_args = {}
-    print(f"{len(classes)} classes, {len(train_set)} training / {len(heldout_set)} held-out images, "
-          f"{threads} threads, data ready in {time.perf_counter() - started:.0f}s")
 
     model_args = {"num_classes": len(classes), "image_size": args.image_size}
     model = build_model(args.arch, modality="image", **model_args)
     zero_init_residual_branches(model)
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True,
-                              drop_last=len(train_set) > args.batch_size, **loader_args)
-    heldout_loader = DataLoader(heldout_set, batch_size=256, **loader_args)
-    fitted = fit(model, train_loader, heldout_loader, epochs=args.epochs, lr=args.lr,
-                 weight_decay=args.weight_decay, optimizer=args.optimizer, forward=image_batch, label_smoothing=0.05)
-    metrics = export_metrics(fitted, train_examples=len(train_set), heldout_examples=len(heldout_set),
-                             data=str(args.data) if args.data else "generated shapes", started=started)
+    if args.epochs == 0:
+        metrics = untrained_metrics(args.seed, data=data, started=started)
+    else:
+        print(f"{len(classes)} classes, {len(train_set)} training / {len(heldout_set)} held-out images, "
+              f"{threads} threads, data ready in {time.perf_counter() - started:.0f}s")
+        train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True,
+                                  drop_last=len(train_set) > args.batch_size, **loader_args)
+        heldout_loader = DataLoader(heldout_set, batch_size=256, **loader_args)
+        fitted = fit(model, train_loader, heldout_loader, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
+                     optimizer=args.optimizer, forward=image_batch, label_smoothing=0.05)
+        metrics = export_metrics(fitted, train_examples=len(train_set), heldout_examples=len(heldout_set), data=data,
+                                 started=started)
 
     write_export(args.out, model, name="image_classifier", modality="image", arch=args.arch,
                  model_args=model_args, preprocess=params, labels=classes, metrics=metrics,
                  training_args=vars(args), packages=("torch", "torchvision"))
     print_summary(metrics, "images", args.out)
-    return metrics
-
-
-def export_untrained(args, params, started: float) -> dict:
-    """--epochs 0: the model as built from the seed (the weights a training run with this seed starts
-    from), exported without generating or reading any training or held-out image."""
-    classes = class_folders(args.data, IMAGE_SUFFIXES)[0] if args.data else list(synthetic_shapes.SHAPES)
-    model_args = {"num_classes": len(classes), "image_size": args.image_size}
-    model = build_model(args.arch, modality="image", **model_args)
-    zero_init_residual_branches(model)
-    # No accuracy is claimed: a random model's is chance (1/classes), and measuring it would mean making
-    # the held-out set --epochs 0 skips. null with the reason beside it, not a number read as a result.
-    fitted = {"heldout_accuracy": None, "train_seconds": 0.0, "epochs": 0,
-              "untrained": f"--epochs 0: initial weights from seed {args.seed}, not trained or evaluated"}
-    metrics = export_metrics(fitted, train_examples=0, heldout_examples=0,
-                             data=str(args.data) if args.data else "generated shapes", started=started)
-    write_export(args.out, model, name="image_classifier", modality="image", arch=args.arch,
-                 model_args=model_args, preprocess=params, labels=classes, metrics=metrics,
-                 training_args=vars(args), packages=("torch", "torchvision"))
-    print(f"untrained {args.arch} (seed {args.seed}, {len(classes)} classes, {args.image_size}px) exported, "
-          f"no held-out accuracy; {metrics['total_seconds']:.1f}s; export: {args.out}")
     return metrics
 
 

@@ -4,6 +4,7 @@
     python -m train.text --data tickets.csv           # your data: CSV with columns text,label
     python -m train.text --data tickets.jsonl         # or JSON Lines: {"text": "...", "label": "..."}
     python -m train.text --arch text_transformer      # the small TransformerEncoder instead
+    python -m train.text --epochs 0 --out DIR         # untrained: seeded initial weights, byte-level tokenizer
 
 Trains a byte-level BPE tokenizer on the training texts, then the model, and writes
 exports/text_classifier/ (weights.pt, model.json, index_to_name.json, tokenizer.json).
@@ -12,6 +13,9 @@ The demo data (train/synthetic_messages.py) holds some sentence templates of eve
 training: its held-out accuracy is measured on phrasings the model has never seen, not on
 re-fillings of the ones it trained on. With --data, a seeded random fraction of the file is held
 out instead.
+
+--epochs 0 has no training texts to learn BPE merges from: its tokenizer is the byte alphabet alone,
+and the model's vocabulary that size.
 """
 import argparse
 import csv
@@ -30,6 +34,7 @@ from model_defs.registry import build_model
 from model_defs.text import TOKENIZER_FILE, TextEncoder, normalize_text, train_tokenizer
 from train.common import (
     DataError,
+    add_training_arguments,
     architecture_of,
     check_labels,
     export_metrics,
@@ -39,10 +44,11 @@ from train.common import (
     print_summary,
     run,
     seed_everything,
+    untrained_metrics,
+    use_threads,
 )
-from train.synthetic_messages import generate_messages, split_templates
+from train.synthetic_messages import INTENTS, generate_messages, split_templates
 
-REPO_ROOT = Path(__file__).resolve().parents[1]  # default --out is in the checkout, wherever it is run from
 DATA_SUFFIXES = {".csv": "CSV with a header row and columns text,label", ".jsonl": "JSON Lines", ".ndjson": "JSON Lines"}
 
 
@@ -62,21 +68,15 @@ def get_args_parser():
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--token-dropout", type=float, default=0.1,
                         help="share of each training text's tokens dropped at random, so no single word decides")
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 2e-2 bag, 5e-3 transformer)")
-    parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--train-per-intent", type=int, default=500,
                         help="generated training messages per intent (demo data only)")
     parser.add_argument("--heldout-per-intent", type=int, default=150,
                         help="generated held-out messages per intent (demo data only)")
     parser.add_argument("--heldout-fraction", type=fraction, default=0.2, help="share of --data held out for accuracy")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: these models are small enough that more threads mostly add "
-                             "synchronisation; on 2 busy cores a training step took 2 ms with 1 thread, 20-45 ms with 2)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "exports" / "text_classifier")
-    return parser
+    # One thread: these models are small enough that more threads mostly add synchronisation; on 2 busy
+    # cores a training step took 2 ms with 1 thread, 20-45 ms with 2.
+    return add_training_arguments(parser, "text_classifier", epochs=8, batch_size=64, lr=None, weight_decay=1e-4,
+                                  threads=1, default_lr="2e-2 for text_embedding_bag, 5e-3 for text_transformer")
 
 
 # ---- the data ---------------------------------------------------------------------------------
@@ -207,31 +207,37 @@ def model_args_for(args, vocab_size: int, num_classes: int, pad_id: int) -> dict
 
 def main(args):
     seed_everything(args.seed)
-    torch.set_num_threads(args.threads)
+    threads = use_threads(args.threads)
     started = time.perf_counter()
-    (train_texts, train_labels), (heldout_texts, heldout_labels), data_description = (
-        user_data(args) if args.data else demo_data(args)
-    )
-    classes = sorted(set(train_labels) | set(heldout_labels))
-    class_index = {name: i for i, name in enumerate(classes)}
+    if args.epochs == 0:  # the class names only: no message is generated, no text of --data is used
+        train_texts, classes = [], sorted(set(read_labelled_texts(args.data)[1]) if args.data else INTENTS)
+        data_description = str(args.data) if args.data else "generated support messages"
+    else:
+        (train_texts, train_labels), (heldout_texts, heldout_labels), data_description = (
+            user_data(args) if args.data else demo_data(args)
+        )
+        classes = sorted(set(train_labels) | set(heldout_labels))
 
     # The tokenizer sees only the training texts: held-out words must be as new to it as to the model.
     tokenizer = train_tokenizer((normalize_text(text, args.lowercase) for text in train_texts), args.vocab_size)
     encoder = TextEncoder(tokenizer, args.max_tokens, args.lowercase)
     model_args = model_args_for(args, encoder.vocab_size, len(classes), encoder.pad_id)
     model = build_model(args.arch, modality="text", **model_args)
-    lr = args.lr or (5e-3 if args.arch == "text_transformer" else 2e-2)
 
-    train_loader = text_loader(model, encoder, train_texts, [class_index[label] for label in train_labels],
-                               args.batch_size, shuffle=True, token_dropout=args.token_dropout, seed=args.seed)
-    heldout_loader = text_loader(model, encoder, heldout_texts, [class_index[label] for label in heldout_labels], 256)
-    print(f"{len(classes)} classes, {len(train_texts)} training / {len(heldout_texts)} held-out texts, "
-          f"vocabulary {encoder.vocab_size}, {args.threads} threads, data ready in {time.perf_counter() - started:.1f}s")
-
-    fitted = fit(model, train_loader, heldout_loader, epochs=args.epochs, lr=lr, weight_decay=args.weight_decay,
-                 forward=text_batch, label_smoothing=0.05)
-    metrics = export_metrics(fitted, train_examples=len(train_texts), heldout_examples=len(heldout_texts),
-                             data=data_description, started=started)
+    if args.epochs == 0:
+        metrics = untrained_metrics(args.seed, data=data_description, started=started)
+    else:
+        class_index = {name: i for i, name in enumerate(classes)}
+        train_loader = text_loader(model, encoder, train_texts, [class_index[label] for label in train_labels],
+                                   args.batch_size, shuffle=True, token_dropout=args.token_dropout, seed=args.seed)
+        heldout_loader = text_loader(model, encoder, heldout_texts, [class_index[label] for label in heldout_labels], 256)
+        print(f"{len(classes)} classes, {len(train_texts)} training / {len(heldout_texts)} held-out texts, "
+              f"vocabulary {encoder.vocab_size}, {threads} threads, data ready in {time.perf_counter() - started:.1f}s")
+        lr = args.lr or (5e-3 if args.arch == "text_transformer" else 2e-2)
+        fitted = fit(model, train_loader, heldout_loader, epochs=args.epochs, lr=lr, weight_decay=args.weight_decay,
+                     optimizer=args.optimizer, forward=text_batch, label_smoothing=0.05)
+        metrics = export_metrics(fitted, train_examples=len(train_texts), heldout_examples=len(heldout_texts),
+                                 data=data_description, started=started)
 
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer_path = Path(scratch) / TOKENIZER_FILE

@@ -67,47 +67,22 @@ def test_heldout_images_decode_as_the_handler_does_and_training_images_in_full(t
     assert train_set.min_side is None
 
 
-def test_epochs_0_exports_the_seeded_initial_weights_without_any_data(tmp_path, monkeypatch, restore_torch_threads):
+def test_epochs_0_exports_at_the_size_asked_without_any_image(tmp_path, monkeypatch, restore_torch_threads):
+    # What every script's --epochs 0 shares (null accuracy, seeded weights, served) is in test_training_common.
     def no_data(*args, **kwargs):
         raise AssertionError("--epochs 0 generated images")
 
     monkeypatch.setattr(synthetic_shapes, "generate", no_data)
-    exports = []
-    for name in ("first", "again"):
-        train_image.main(parse("--epochs", "0", "--image-size", "224", "--resize", "256", "--out", str(tmp_path / name)))
-        exports.append(load_export(tmp_path / name))
-    export = exports[0]
+    train_image.main(parse("--epochs", "0", "--image-size", "224", "--resize", "256", "--out", str(tmp_path / "out")))
+    export = load_export(tmp_path / "out")
     assert export.spec["model_args"] == {"num_classes": 6, "image_size": 224}
     assert export.spec["preprocess"]["crop"] == 224 and export.spec["preprocess"]["resize"] == 256
     assert export.labels == list(SHAPES)
-    metrics = export.spec["metrics"]
-    assert metrics["epochs"] == 0 and metrics["heldout_accuracy"] is None and "untrained" in metrics
-    assert metrics["train_examples"] == 0 and metrics["heldout_examples"] == 0
     with torch.inference_mode():
         assert export.model(torch.zeros(1, 3, 224, 224)).shape == (1, 6)
-    # The same seed, the same weights: what a training run with this seed starts from.
-    again = exports[1].model.state_dict()
-    assert all(torch.equal(tensor, again[key]) for key, tensor in export.model.state_dict().items())
-
-
-def test_a_negative_epoch_count_is_refused(capsys):
-    with pytest.raises(SystemExit) as raised:
-        parse("--epochs", "-1")
-    assert raised.value.code == 2
-    assert "argument --epochs: must be 0 or more, got -1" in capsys.readouterr().err
 
 
 def test_a_folder_without_classes_is_refused_with_a_message(tmp_path, restore_torch_threads):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="at least 2 classes"):
         train_image.main(parse("--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o")))
-
-
-@pytest.mark.parametrize("arch", ["resnet19", "text_embedding_bag", "log_mel_cnn"])
-def test_an_architecture_of_no_image_model_lists_the_image_choices(arch, capsys):
-    with pytest.raises(SystemExit) as raised:
-        parse("--arch", arch)
-    assert raised.value.code == 2
-    error = capsys.readouterr().err
-    assert f"argument --arch: unknown image model architecture '{arch}'; valid choices: " in error
-    assert "resnet18" in error and "text_embedding_bag" not in error.split("valid choices")[1]

@@ -115,15 +115,6 @@ def test_bad_data_files_are_named_with_their_problem(tmp_path, name, content, me
     assert message in str(raised.value) and str(path) in str(raised.value)
 
 
-@pytest.mark.parametrize("arch", ["text_lstm", "resnet18"])
-def test_an_architecture_of_no_text_model_lists_the_text_choices(arch, capsys):
-    with pytest.raises(SystemExit) as raised:
-        parse("--arch", arch)
-    assert raised.value.code == 2
-    assert f"argument --arch: unknown text model architecture '{arch}'; valid choices: text_embedding_bag, text_transformer" \
-        in capsys.readouterr().err
-
-
 def test_training_text_imports_no_image_or_audio_code():
     # A text model needs neither torchvision nor torchaudio: building it by modality imports only its own.
     code = ("import sys; from train import text; args = text.get_args_parser().parse_args([]); "

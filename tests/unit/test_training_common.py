@@ -1,16 +1,31 @@
 """train/common.py and what every training script shares: the folder data-set reader, the held-out
-splits, one clear error for a bad --data, and the metrics and training arguments model.json records."""
+splits, one clear error for a bad --data, the arguments that mean the same in all three scripts,
+--epochs 0's untrained export, and the metrics and training arguments model.json records."""
 import importlib
+import io
 import json
+import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
 
 from export_paths import REPO_ROOT
+from model_defs.audio import encode_audio
+from model_defs.export import load_export
+from model_defs.registry import available_architectures
+from scripts.handler_harness import load_handler, run_batch, worker_row
+from train import common, synthetic_shapes, synthetic_sounds
 from train.common import DataError, class_folders, heldout_split, per_class_heldout_split
+from train.synthetic_shapes import render_shape
 
 MODALITIES = ("image", "text", "audio")
+
+
+def parser_of(modality):
+    return importlib.import_module(f"train.{modality}").get_args_parser()
 
 
 def touch(path, content=b"x"):
@@ -94,6 +109,107 @@ def test_a_bad_data_folder_ends_the_script_with_one_message_and_status_2(tmp_pat
     assert not out.exists()
 
 
+SHARED_OPTIONS = {"--data", "--arch", "--epochs", "--batch-size", "--optimizer", "--lr", "--weight-decay", "--threads",
+                  "--seed", "--out", "--heldout-fraction"}
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_every_script_takes_the_shared_options(modality):
+    options = {option for action in parser_of(modality)._actions for option in action.option_strings}
+    assert SHARED_OPTIONS <= options
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "-1"], r"argument --epochs: must be 0 or more, got -1"),
+    (["--threads", "-2"], r"argument --threads: must be 0 or more, got -2"),
+    # Whether the choices are quoted depends on the Python release.
+    (["--optimizer", "adam"], r"argument --optimizer: invalid choice: 'adam' \(choose from '?adamw'?, '?sgd'?\)"),
+])
+def test_bad_shared_options_are_refused_alike(modality, argv, message, capsys):
+    with pytest.raises(SystemExit) as raised:
+        parser_of(modality).parse_args(argv)
+    assert raised.value.code == 2 and re.search(message, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("modality, arch", [
+    ("image", "resnet19"), ("image", "text_embedding_bag"), ("image", "log_mel_cnn"),
+    ("text", "text_lstm"), ("text", "resnet18"),
+    ("audio", "log_mel_rnn"), ("audio", "resnet18"), ("audio", "text_transformer"),
+])
+def test_an_architecture_of_another_modality_is_refused_with_the_valid_choices(modality, arch, capsys):
+    with pytest.raises(SystemExit) as raised:
+        parser_of(modality).parse_args(["--arch", arch])
+    assert raised.value.code == 2
+    choices = ", ".join(available_architectures(modality))
+    assert (f"argument --arch: unknown {modality} model architecture '{arch}'; valid choices: {choices}\n"
+            in capsys.readouterr().err)
+
+
+# ---- --epochs 0 -----------------------------------------------------------------------------------------
+def no_data(*args, **kwargs):
+    raise AssertionError("--epochs 0 generated training or held-out data")
+
+
+def request_of(modality):
+    """One item the modality's handler accepts, as a worker row."""
+    if modality == "image":
+        buffer = io.BytesIO()
+        render_shape("circle", size=40, seed=1).save(buffer, format="PNG")
+        return worker_row(buffer.getvalue())
+    if modality == "text":
+        return worker_row("i forgot my password", "text/plain")
+    clip = synthetic_sounds.generate_clip("tone", np.random.default_rng(0))
+    return worker_row(encode_audio(clip.samples, clip.sample_rate, "WAV", "PCM_16"))
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_epochs_0_exports_the_seeded_initial_weights_and_the_handler_serves_them(tmp_path, modality, monkeypatch,
+                                                                                 restore_torch_threads):
+    monkeypatch.setattr(synthetic_shapes, "generate", no_data)
+    monkeypatch.setattr(synthetic_sounds, "generate_wav_files", no_data)
+    monkeypatch.setattr(importlib.import_module("train.text"), "generate_messages", no_data)
+    script = importlib.import_module(f"train.{modality}")
+    exports = []
+    for name in ("first", "again"):
+        metrics = script.main(script.get_args_parser().parse_args(["--epochs", "0", "--out", str(tmp_path / name)]))
+        exports.append(load_export(tmp_path / name, modality=modality))
+        assert exports[-1].spec["metrics"] == metrics
+    export = exports[0]
+    assert metrics["heldout_accuracy"] is None and metrics["epochs"] == 0
+    assert metrics["untrained"] == "--epochs 0: initial weights from seed 0, not trained or evaluated"
+    assert metrics["train_examples"] == metrics["heldout_examples"] == 0
+    assert export.spec["training"]["epochs"] == 0
+    # The same seed, the same weights.
+    again = exports[1].model.state_dict()
+    assert all(torch.equal(tensor, again[key]) for key, tensor in export.model.state_dict().items())
+
+    handler, context = load_handler(f"{modality}_classifier_handler", tmp_path / "first", f"{modality}_classifier",
+                                    tmp_dir=tmp_path / "served")
+    (response,) = run_batch(handler, context, [request_of(modality)])
+    assert response.status == 200 and set(response.body) <= set(export.labels)
+
+
+def write_data_of(modality, root):
+    """--data with classes "a" and "b" whose examples no decoder could read: --epochs 0 must not read them."""
+    if modality == "text":
+        root.write_text("text,label\nhello,b\nhi,a\nhey,b\n")
+        return root
+    for path in ("a/1.png", "a/2.png", "b/1.png", "b/2.png"):
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(b"not decodable")
+    return root
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_epochs_0_takes_only_the_class_names_from_data(tmp_path, modality, restore_torch_threads):
+    data = write_data_of(modality, tmp_path / ("tickets.csv" if modality == "text" else "data"))
+    script = importlib.import_module(f"train.{modality}")
+    script.main(script.get_args_parser().parse_args(["--epochs", "0", "--data", str(data), "--out", str(tmp_path / "out")]))
+    export = load_export(tmp_path / "out", modality=modality)
+    assert export.labels == ["a", "b"] and export.spec["metrics"]["data"] == str(data)
+
+
 # ---- what model.json records ----------------------------------------------------------------------------
 COMMON_METRICS = {"heldout_accuracy", "train_examples", "heldout_examples", "train_seconds", "total_seconds",
                   "epochs", "data"}
@@ -119,3 +235,24 @@ def test_every_modality_records_the_same_metrics_and_its_training_arguments(tmp_
     # Every argument the run used, paths as strings: enough to train the same model again.
     assert spec["training"] == {**vars(args), "out": str(tmp_path / "export")}
     assert set(spec["training"]) == {action.dest for action in script.get_args_parser()._actions} - {"help"}
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_optimizer_sgd_trains(tmp_path, modality, monkeypatch, restore_torch_threads):
+    made = []
+
+    def recording(*args, **kwargs):
+        made.append(make_optimizer(*args, **kwargs))
+        return made[-1]
+
+    make_optimizer = common.make_optimizer
+    monkeypatch.setattr(common, "make_optimizer", recording)
+    script = importlib.import_module(f"train.{modality}")
+    argv, _, _ = TINY_DEMO_RUNS[modality]
+    metrics = script.main(script.get_args_parser().parse_args(
+        [*argv, "--optimizer", "sgd", "--epochs", "1", "--out", str(tmp_path / "export")]))
+
+    (optimizer,) = made
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.state  # stepped: momentum buffers exist
+    assert 0.0 <= metrics["heldout_accuracy"] <= 1.0
+    assert load_export(tmp_path / "export").spec["training"]["optimizer"] == "sgd"
