@@ -83,9 +83,8 @@ def per_class_accuracy(probabilities: torch.Tensor, labels: torch.Tensor, class_
     }
 
 
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m train.audio", description="Train the audio classifier (log-mel CNN)",
-                                     add_help=add_help)
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m train.audio", description="Train the audio classifier (log-mel CNN)")
     parser.add_argument("--data", type=Path, default=None,
                         help=f"folder of class subfolders, DIR/{LAYOUT}; default: generated sounds")
     parser.add_argument("--arch", default="log_mel_cnn", type=architecture_of("audio"),
