@@ -13,23 +13,20 @@ from pathlib import Path
 import torch
 import yaml
 
-from scripts.handler_harness import REPO_ROOT, load_handler, run_batch, worker_row
-from scripts.samples import modality_of
-
-
-def handler_module(model: str) -> str:
-    return f"{modality_of(model)}_classifier_handler"
+from scripts.model_store import export_kind
+from tests.support.harness import REPO_ROOT, handler_module, load_handler, run_batch, worker_row
 
 
 def measure(model: str, export_dir: Path, body: bytes, content_type: str, batch_size: int, threads: int,
             seconds: float, config_dir: Path = REPO_ROOT / "configs", gpu_id=None) -> dict:
-    """Items per second and the median time of one `handle` call on `batch_size` copies of the payload."""
+    """Items per second and the median time of one `handle` call on `batch_size` copies of the payload,
+    through the handler of the modality the export's model.json names."""
     config = yaml.safe_load((config_dir / f"{model}.yaml").read_text())
     config.setdefault("handler", {})["threads_per_worker"] = threads  # what the served worker had
     previous_threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix=f"in-process-{model}-") as tmp:
-        handler, context = load_handler(handler_module(model), export_dir, model, model_yaml=config, tmp_dir=tmp,
-                                        gpu_id=gpu_id)
+        handler, context = load_handler(handler_module(export_kind(export_dir).modality), export_dir, model,
+                                        model_yaml=config, tmp_dir=tmp, gpu_id=gpu_id)
         rows = [worker_row(body, content_type) for _ in range(batch_size)]
         for _ in range(3):  # warm-up: first calls allocate and pick kernels
             run_batch(handler, context, rows)
