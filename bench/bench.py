@@ -28,6 +28,7 @@ import argparse
 import datetime
 import io
 import json
+import math
 import os
 import platform
 import re
@@ -40,7 +41,6 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
-import requests
 import torch
 from PIL import Image, ImageDraw
 
@@ -207,15 +207,13 @@ def explanation_ms(server: Server, model: str, payload: ModelInput, count: int) 
     none (a model on ONNX Runtime answers 400 naming the eager model, README)."""
     if not payload.kind.explainable:
         return None
-    body, headers = payload.body, {**server.inference_headers, "Content-Type": payload.content_type}
-    latencies = []
-    with requests.Session() as session:
-        for _ in range(count + 1):
-            started = time.perf_counter()
-            response = session.post(f"{server.url}/explanations/{model}", data=body, headers=headers, timeout=120)
-            response.raise_for_status()
-            latencies.append(time.perf_counter() - started)
-    return round(1000 * float(np.median(latencies[1:])), 1)  # the first one warms Captum up
+    request = Request(f"{server.url}/explanations/{model}", payload.body,
+                      {**server.inference_headers, "Content-Type": payload.content_type})
+    outcomes = closed_loop(request, clients=1, seconds=math.inf, max_requests=count + 1, timeout_s=120)
+    refused = [outcome for outcome in outcomes if not outcome.ok]
+    if refused:
+        raise RuntimeError(f"{model}: /explanations answered {refused[0].status_text} {refused[0].error}")
+    return summary(outcomes[1:])["p50_ms"]  # the first one warms Captum up
 
 
 # ---- part 1: the bundle as shipped ------------------------------------------------------------

@@ -5,7 +5,6 @@ Served throughput over this figure, at the batch size the server formed and with
 the served worker had, is the serving overhead; at batch 1 it is the latency a single client could
 at best see.
 """
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ import yaml
 
 from scripts.model_store import export_kind
 from tests.support.harness import REPO_ROOT, handler_module, load_handler, run_batch, worker_row
+from tests.support.load import percentile
 
 
 def measure(model: str, export_dir: Path, body: bytes, content_type: str, batch_size: int, threads: int,
@@ -40,7 +40,7 @@ def measure(model: str, export_dir: Path, body: bytes, content_type: str, batch_
     if failed:
         raise RuntimeError(f"{model}: the benchmark payload is refused in-process: {failed[0]}")
     # From the median batch, not the mean: a stall from another process on the machine is not the model's.
-    median = statistics.median(durations)
+    median = percentile(durations, 50)
     return {
         "batch_size": batch_size, "threads": threads, "batches": len(durations),
         "items_per_s": round(batch_size / median, 2), "batch_p50_ms": round(1000 * median, 2),
