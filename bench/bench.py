@@ -9,9 +9,10 @@ it (config.properties with free ports):
 
 1. The bundle as shipped: every model's archive (built here, timed) with its own configs/<model>.yaml.
    Per model: seconds from `torchserve --start` to READY; then, one model at a time while the others
-   idle, a closed-loop sweep over the client counts (keep-alive asyncio clients, bench/client.py),
-   with requests per second, p50/p90/p99, errors, the batch size the server formed (counted from the
-   handler's per-batch metric lines) and each worker's peak RSS; the latency of one explanation. Then,
+   idle, a closed-loop sweep over the client counts (keep-alive asyncio clients, tests/support/load.py),
+   with requests per second, p50/p90/p99, errors, the batch size the server formed (from the handler's
+   batch counter on the metrics endpoint) and each worker's peak RSS; the latency of one explanation
+   (for models whose runtime has explanations, as their model.json says). Then,
    with the server stopped, the in-process baseline (bench/in_process.py): the same handler at the
    batch size the server formed, with the torch threads the served worker had, and at batch 1.
 2. The stock comparison: TorchServe's built-in `image_classifier` handler against this bundle's
@@ -27,6 +28,7 @@ import argparse
 import datetime
 import io
 import json
+import math
 import os
 import platform
 import re
@@ -34,26 +36,25 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
-import requests
 import torch
 from PIL import Image, ImageDraw
 
-from bench import client, in_process
-from bench.load import sample_payloads
+from bench import in_process
 from bench.stock_resnet18 import StockResNet18
 from model_defs.image import eval_transform, preprocess_params
 from model_defs.onnx_export import export_int8, export_onnx
-from scripts.local_torchserve import (REPO_ROOT, VENV_BIN, ForegroundTorchServe, all_ready, batches_served, bearer,
+from scripts.local_torchserve import (REPO_ROOT, VENV_BIN, ForegroundTorchServe, batches_served, bearer, thread_shares,
                                      worker_pids, write_config)
-from scripts.samples import modality_of
+from scripts.model_store import ModelKind, export_kinds
+from scripts.readiness import wait_for_models
+from tests.support.load import Request, closed_loop, sample_payloads, summary
 from train.synthetic_shapes import generate, render_shape
 
-BUNDLE_MODELS = ("image_classifier", "text_classifier", "audio_classifier", "image_classifier_onnx",
-                 "text_classifier_onnx", "audio_classifier_onnx", "image_classifier_int8")
 STOCK = "stock_resnet18"
 NOOP = "torchserve_noop"  # bench/noop_handler.py: TorchServe's own cost per request
 # The comparison's models: this bundle's handler in each runtime, and the stock handler, same weights.
@@ -84,12 +85,20 @@ def phone_jpeg(width: int = 4032, height: int = 3024) -> bytes:
     return buffer.getvalue()
 
 
-def payloads(models) -> Dict[str, dict]:
-    """Each model's request: `make serve`'s samples (bench.load.sample_payloads), and for image models
-    the small JPEG instead of the PNG sample."""
-    return {model: {"body": small_jpeg() if modality_of(model) == "image" else payload.body,
-                    "content_type": payload.headers["Content-Type"]}
-            for model, payload in sample_payloads(models).items()}
+@dataclass(frozen=True)
+class ModelInput:
+    """What the benchmark sends a model, and what the model is (its model.json's modality and runtime)."""
+    kind: ModelKind
+    body: bytes
+    content_type: str
+
+
+def payloads(kinds: Dict[str, ModelKind]) -> Dict[str, ModelInput]:
+    """Each model's request (model → its kind): `make serve`'s sample for its modality
+    (tests.support.load.sample_payloads), and for image models the small JPEG instead of the PNG sample."""
+    return {model: ModelInput(kinds[model], small_jpeg() if kinds[model].modality == "image" else payload.body,
+                              payload.headers["Content-Type"])
+            for model, payload in sample_payloads(kinds).items()}
 
 
 # ---- the machine and the server ---------------------------------------------------------------
@@ -132,7 +141,7 @@ class Server:
                  process: Optional[ForegroundTorchServe] = None, ready_s: Optional[Dict[str, float]] = None):
         self.workdir, self.properties, self.keys, self.process = Path(workdir), properties, keys, process
         self.ready_s = ready_s or {}
-        self.url = properties["inference_address"]
+        self.url, self.metrics_url = properties["inference_address"], properties["metrics_address"]
         self.inference_headers = bearer(keys["inference"]["key"])
 
     @classmethod
@@ -143,29 +152,22 @@ class Server:
         properties = write_config(config, store, {"number_of_gpu": "1" if device == "cuda" else "0"})
         launched = time.monotonic()
         process = ForegroundTorchServe(workdir, config)
-        ready, deadline = {}, launched + startup_timeout_s
-        while len(ready) < len(models):
-            if time.monotonic() > deadline or process.process.poll() is not None:
-                process.stop()
-                raise RuntimeError(f"not READY within {startup_timeout_s:.0f}s: {sorted(set(models) - set(ready))}\n"
-                                   f"{process.logs(60)}")
-            try:
-                keys = json.loads(process.key_file.read_text())
-            except (OSError, ValueError):  # the frontend has not written it yet
-                time.sleep(0.2)
-                continue
-            for model in set(models) - set(ready):
-                if all_ready(properties["management_address"], [model], keys["management"]["key"]):
-                    ready[model] = round(time.monotonic() - launched, 2)
-            time.sleep(0.2)
-        return cls(workdir, properties, keys, process, ready)
+        try:
+            readiness = wait_for_models(properties["management_address"], models, process.key_file, workdir / "logs",
+                                        startup_timeout_s, process.process, started=launched).require_all()
+        except (RuntimeError, TimeoutError) as error:
+            process.stop()
+            raise RuntimeError(f"{error}\n{process.logs(60)}") from None
+        return cls(workdir, properties, readiness.keys, process, readiness.ready_s)
 
     def worker_pids(self, model: str) -> List[int]:
         return worker_pids(self.properties["management_address"], model, self.keys["management"]["key"])
 
-    def log_text(self, name: str) -> str:
-        path = self.workdir / "logs" / name
-        return path.read_text(errors="replace") if path.exists() else ""
+    def threads(self, model: str) -> Optional[int]:
+        """The torch threads the model's workers last reported on the metrics endpoint (the same share each)."""
+        pids = set(self.worker_pids(model))
+        shares = [threads for pid, (threads, _) in thread_shares(self.metrics_url, model).items() if pid in pids]
+        return max(shares) if shares else None
 
     def stop(self) -> None:
         if self.process is not None:
@@ -182,55 +184,52 @@ def peak_rss_mb(pid: int) -> Optional[float]:
     return round(int(match.group(1)) / 1024, 1) if match else None
 
 
-def served_threads(log_text: str, model: str) -> Optional[int]:
-    """The torch threads the model's worker last reported (handler_common.WorkerThreads logs them)."""
-    found = re.findall(rf"W-\d+-{re.escape(model)}_[^ ]*-stdout.*?worker pid \d+: (\d+) torch threads", log_text)
-    return int(found[-1]) if found else None
-
-
 def sweep(server: Server, model: str, body: bytes, content_type: str, concurrencies: List[int], seconds: float,
           warmup_s: float) -> List[dict]:
-    """The model under each client count in turn; each run with its formed batch size."""
-    url, headers = f"{server.url}/predictions/{model}", {**server.inference_headers, "Content-Type": content_type}
+    """The model under each client count in turn; each run with its formed batch size: requests over the
+    batches the handler counted on /metrics (ts_handler_batches). None for a handler that is not this
+    bundle's (the stock one, the no-op): TorchServe itself counts no batches there, and its per-batch
+    HandlerTime is a gauge."""
+    request = Request(f"{server.url}/predictions/{model}", body, {**server.inference_headers, "Content-Type": content_type})
     runs = []
     for concurrency in concurrencies:
         if warmup_s > 0:
-            client.closed_loop(url, body, headers, concurrency, warmup_s)
-        before = batches_served(server.log_text("ts_log.log"), model)
-        run = client.closed_loop(url, body, headers, concurrency, seconds).summary()
-        time.sleep(0.3)  # the last batch's metric line
-        batches = batches_served(server.log_text("ts_log.log"), model) - before
+            closed_loop(request, concurrency, warmup_s)
+        before = batches_served(server.metrics_url, model)
+        run = {"concurrency": concurrency, **summary(closed_loop(request, concurrency, seconds))}
+        batches = batches_served(server.metrics_url, model) - before
         run["mean_batch"] = round(run["requests"] / batches, 2) if batches else None
         runs.append(run)
     return runs
 
 
-def explanation_ms(server: Server, model: str, body: bytes, content_type: str, count: int) -> Optional[float]:
-    """Median latency of `count` explanations sent one after another (None for a model that has none)."""
-    if model.endswith(("_onnx", "_int8")):
-        return None  # ONNX Runtime variants answer 400 and name the eager model (README)
-    headers = {**server.inference_headers, "Content-Type": content_type}
-    latencies = []
-    with requests.Session() as session:
-        for _ in range(count + 1):
-            started = time.perf_counter()
-            response = session.post(f"{server.url}/explanations/{model}", data=body, headers=headers, timeout=120)
-            response.raise_for_status()
-            latencies.append(time.perf_counter() - started)
-    return round(1000 * float(np.median(latencies[1:])), 1)  # the first one warms Captum up
+def explanation_ms(server: Server, model: str, payload: ModelInput, count: int) -> Optional[float]:
+    """Median latency of `count` explanations sent one after another; None for a model whose runtime has
+    none (a model on ONNX Runtime answers 400 naming the eager model, README)."""
+    if not payload.kind.explainable:
+        return None
+    request = Request(f"{server.url}/explanations/{model}", payload.body,
+                      {**server.inference_headers, "Content-Type": payload.content_type})
+    outcomes = closed_loop(request, clients=1, seconds=math.inf, max_requests=count + 1, timeout_s=120)
+    refused = [outcome for outcome in outcomes if not outcome.ok]
+    if refused:
+        raise RuntimeError(f"{model}: /explanations answered {refused[0].status_text} {refused[0].error}")
+    return summary(outcomes[1:])["p50_ms"]  # the first one warms Captum up
 
 
 # ---- part 1: the bundle as shipped ------------------------------------------------------------
 def bench_bundle(args, workdir: Path, log) -> dict:
-    models = [m for m in args.models if (args.exports / m / "model.json").exists()]
-    missing = sorted(set(args.models) - set(models))
+    # Every export by default, whatever its name: a user's own model is benchmarked beside the demo ones.
+    wanted = args.models or sorted(path.parent.name for path in args.exports.glob("*/model.json"))
+    models = [m for m in wanted if (args.exports / m / "model.json").exists()]
+    missing = sorted(set(wanted) - set(models))
     if missing:
         log(f"skipped (no export; `make exports` makes them): {', '.join(missing)}")
     store = workdir / "model_store"
     archive_s = build_archives(models, store, {"EXPORTS_DIR": str(args.exports), "CONFIGS_DIR": str(args.configs)})
     log(f"archives built (s): {archive_s}")
     build_noop(workdir, store)
-    inputs = payloads(models)
+    inputs = payloads(export_kinds(args.exports, models))
     server = Server.start(workdir / "server", store, [*models, NOOP], args.device)
     try:
         log(f"READY after (s): {server.ready_s}")
@@ -256,26 +255,31 @@ def build_noop(workdir: Path, store: Path) -> None:
                     "--export-path", str(store)], check=True)
 
 
-def measure_served(server: Server, inputs: Dict[str, dict], concurrencies: List[int], seconds: float, warmup_s: float,
-                   explanations: int, log=print) -> dict:
+def client_ceiling(server: Server, seconds: float, concurrency: int = 64) -> dict:
+    """The client's own ceiling: GET /ping answered by the frontend alone, with no model in the path."""
+    ping = Request(f"{server.url}/ping", None, server.inference_headers)
+    return {"concurrency": concurrency, **summary(closed_loop(ping, concurrency, seconds))}
+
+
+def measure_served(server: Server, inputs: Dict[str, ModelInput], concurrencies: List[int], seconds: float,
+                   warmup_s: float, explanations: int, log=print) -> dict:
     """The client ceiling, then each model alone: its sweep, threads, workers' peak RSS, explanation latency."""
-    results = {"client_ceiling": client.ceiling(server.url, server.inference_headers, seconds), "models": {}}
+    results = {"client_ceiling": client_ceiling(server, seconds), "models": {}}
     log(f"client ceiling, GET /ping with 64 clients: {results['client_ceiling']['req_per_s']} req/s")
     for model, payload in inputs.items():
-        body, content_type = payload["body"], payload["content_type"]
-        runs = sweep(server, model, body, content_type, concurrencies, seconds, warmup_s)
+        runs = sweep(server, model, payload.body, payload.content_type, concurrencies, seconds, warmup_s)
         results["models"][model] = {
-            "input_bytes": len(body), "ready_s": server.ready_s.get(model), "served": runs,
-            "threads": served_threads(server.log_text("model_log.log"), model),
+            "input_bytes": len(payload.body), "ready_s": server.ready_s.get(model), "served": runs,
+            "threads": server.threads(model),
             "worker_peak_rss_mb": [peak_rss_mb(pid) for pid in server.worker_pids(model)],
-            "explanation_p50_ms": explanation_ms(server, model, body, content_type, explanations),
+            "explanation_p50_ms": explanation_ms(server, model, payload, explanations),
         }
         log(f"{model}: " + ", ".join(f"c={r['concurrency']} {r['req_per_s']} req/s p50 {r['p50_ms']} ms "
                                      f"batch {r['mean_batch']} errors {r['errors']}" for r in runs))
     return results
 
 
-def measure_in_process(results: dict, inputs: Dict[str, dict], exports: Path, configs: Path, seconds: float,
+def measure_in_process(results: dict, inputs: Dict[str, ModelInput], exports: Path, configs: Path, seconds: float,
                        gpu_id=None, log=print) -> None:
     """Each model's handler in this process at the batch size its server formed at its best, and at 1."""
     for model, entry in results["models"].items():
@@ -284,7 +288,7 @@ def measure_in_process(results: dict, inputs: Dict[str, dict], exports: Path, co
         payload = inputs[model]
 
         def measure(batch: int) -> dict:
-            return in_process.measure(model, exports / model, payload["body"], payload["content_type"], batch,
+            return in_process.measure(model, exports / model, payload.body, payload.content_type, batch,
                                       entry["threads"] or 1, seconds, configs, gpu_id)
 
         entry["in_process"] = {"formed_batch": measure(formed), "batch_1": measure(1)}
@@ -462,7 +466,7 @@ def write_report(results: dict, out_dir: Path) -> Dict[str, Path]:
 
 def get_args_parser():
     parser = argparse.ArgumentParser(prog="python -m bench.bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(BUNDLE_MODELS), help="bundle models to serve (default: all with an export)")
+    parser.add_argument("--models", nargs="+", help="models to serve (default: every export in --exports)")
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 4, 16, 64], help="client counts (default 1 4 16 64)")
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per run (default 8)")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each run (default 2)")

@@ -5,7 +5,6 @@ Served throughput over this figure, at the batch size the server formed and with
 the served worker had, is the serving overhead; at batch 1 it is the latency a single client could
 at best see.
 """
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -13,23 +12,21 @@ from pathlib import Path
 import torch
 import yaml
 
-from scripts.handler_harness import REPO_ROOT, load_handler, run_batch, worker_row
-from scripts.samples import modality_of
-
-
-def handler_module(model: str) -> str:
-    return f"{modality_of(model)}_classifier_handler"
+from scripts.model_store import export_kind
+from tests.support.harness import REPO_ROOT, handler_module, load_handler, run_batch, worker_row
+from tests.support.load import percentile
 
 
 def measure(model: str, export_dir: Path, body: bytes, content_type: str, batch_size: int, threads: int,
             seconds: float, config_dir: Path = REPO_ROOT / "configs", gpu_id=None) -> dict:
-    """Items per second and the median time of one `handle` call on `batch_size` copies of the payload."""
+    """Items per second and the median time of one `handle` call on `batch_size` copies of the payload,
+    through the handler of the modality the export's model.json names."""
     config = yaml.safe_load((config_dir / f"{model}.yaml").read_text())
     config.setdefault("handler", {})["threads_per_worker"] = threads  # what the served worker had
     previous_threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix=f"in-process-{model}-") as tmp:
-        handler, context = load_handler(handler_module(model), export_dir, model, model_yaml=config, tmp_dir=tmp,
-                                        gpu_id=gpu_id)
+        handler, context = load_handler(handler_module(export_kind(export_dir).modality), export_dir, model,
+                                        model_yaml=config, tmp_dir=tmp, gpu_id=gpu_id)
         rows = [worker_row(body, content_type) for _ in range(batch_size)]
         for _ in range(3):  # warm-up: first calls allocate and pick kernels
             run_batch(handler, context, rows)
@@ -43,7 +40,7 @@ def measure(model: str, export_dir: Path, body: bytes, content_type: str, batch_
     if failed:
         raise RuntimeError(f"{model}: the benchmark payload is refused in-process: {failed[0]}")
     # From the median batch, not the mean: a stall from another process on the machine is not the model's.
-    median = statistics.median(durations)
+    median = percentile(durations, 50)
     return {
         "batch_size": batch_size, "threads": threads, "batches": len(durations),
         "items_per_s": round(batch_size / median, 2), "batch_p50_ms": round(1000 * median, 2),

@@ -31,9 +31,11 @@ from typing import Dict, List, Optional
 
 import psutil  # a torchserve dependency
 
-from bench.load import Outcome, closed_loop_rate, open_loop, percentile, sample_payloads, summary
-from scripts.local_torchserve import REPO_ROOT, ForegroundTorchServe, wait_until_ready, write_config
+from scripts.local_torchserve import REPO_ROOT, ForegroundTorchServe, write_config
 from scripts.local_torchserve import worker_pids as model_worker_pids
+from scripts.model_store import ModelKind, export_kinds
+from scripts.readiness import wait_for_models
+from tests.support.load import Outcome, closed_loop, open_loop, percentile, prediction, sample_payloads, summary
 
 # Why half: at about half of saturation, queueing stays short and latency flat, so a p99 or an RSS that
 # grows over the run points at a leak or an accumulation, not at load. The models share the same
@@ -106,8 +108,8 @@ def snapshot(target: Target, models: List[str]) -> Snapshot:
 
 def saturation_rates(target: Target, models: List[str], payloads, probe_seconds: float, clients: int = 8) -> Dict[str, float]:
     """Each model's answers per second with `clients` back-to-back clients, one model at a time."""
-    return {model: closed_loop_rate(target.inference_url, target.inference_key, model, payloads[model], clients,
-                                    probe_seconds)[0] for model in models}
+    return {model: summary(closed_loop(prediction(target.inference_url, target.inference_key, model, payloads[model]),
+                                       clients, probe_seconds))["req_per_s"] for model in models}
 
 
 def window_p99_ms(outcomes: List[Outcome], start: float, end: float) -> Optional[float]:
@@ -119,11 +121,12 @@ def drift(start: float, end: float) -> float:
     return (end - start) / start if start else 0.0
 
 
-def run_soak(target: Target, models: List[str], seconds: float, warmup_seconds: float = 10.0,
+def run_soak(target: Target, kinds: Dict[str, ModelKind], seconds: float, warmup_seconds: float = 10.0,
              probe_seconds: float = 5.0, fraction: float = DEFAULT_FRACTION, timeout_s: float = 30.0,
              rates: Optional[Dict[str, float]] = None, log=print) -> dict:
-    """Warm up, then load every model at once for `seconds`; the report as a dict (see the module doc)."""
-    payloads = sample_payloads(models)
+    """Warm up, then load every model of `kinds` (model, or "name/version" → what its model.json says
+    it is) at once for `seconds`; the report as a dict (see the module doc)."""
+    models, payloads = list(kinds), sample_payloads(kinds)
     if rates is None:
         saturation = saturation_rates(target, models, payloads, probe_seconds)
         log("saturation (req/s): " + ", ".join(f"{m} {r:.1f}" for m, r in saturation.items()))
@@ -131,15 +134,8 @@ def run_soak(target: Target, models: List[str], seconds: float, warmup_seconds: 
     log("soak rates (req/s): " + ", ".join(f"{m} {r:.1f}" for m, r in rates.items()))
 
     def load(duration: float) -> List[Outcome]:
-        results: Dict[str, List[Outcome]] = {}
-        threads = [threading.Thread(target=lambda m=model: results.__setitem__(m, open_loop(
-            target.inference_url, target.inference_key, m, payloads[m], rates[m], duration,
-            clients=max(2, min(16, int(rates[m]) + 2)), timeout_s=timeout_s))) for model in models]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        return sorted((o for outcomes in results.values() for o in outcomes), key=lambda o: o.due)
+        return open_loop([(prediction(target.inference_url, target.inference_key, model, payloads[model]), rates[model])
+                          for model in models], duration, timeout_s=timeout_s)
 
     if warmup_seconds > 0:
         warmup = load(warmup_seconds)  # caches, allocator pools, JIT in the frontend: not counted
@@ -207,6 +203,7 @@ def get_args_parser():
 
 def main(args) -> int:
     models = args.models or sorted(p.parent.name for p in (REPO_ROOT / "exports").glob("*/model.json"))
+    kinds = export_kinds(REPO_ROOT / "exports", models)
     with tempfile.TemporaryDirectory(prefix="soak-") as directory:
         workdir = Path(directory)
         model_store = workdir / "model_store"
@@ -215,10 +212,11 @@ def main(args) -> int:
         properties = write_config(workdir / "config.properties", model_store)
         server = ForegroundTorchServe(workdir, workdir / "config.properties")
         try:
-            keys = wait_until_ready(properties["management_address"], models, server.key_file, 300, server.process)
+            keys = wait_for_models(properties["management_address"], models, server.key_file, workdir / "logs", 300,
+                                   server.process).require_all().keys
             target = Target(properties["inference_address"], properties["management_address"],
                             keys["inference"]["key"], keys["management"]["key"], server.process.pid)
-            report = run_soak(target, models, args.seconds, args.warmup, args.probe, args.fraction)
+            report = run_soak(target, kinds, args.seconds, args.warmup, args.probe, args.fraction)
         finally:
             server.stop()
     report["machine"] = f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB"

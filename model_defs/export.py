@@ -153,10 +153,23 @@ def read_labels(export_dir) -> List[str]:
     return [mapping[str(i)] for i in range(len(mapping))]
 
 
+def check_format_version(spec: dict, source) -> dict:
+    """`spec` (model.json's content, read from `source`), refused when a newer bundle wrote it: its
+    fields may mean what this code does not know, and a model half understood answers wrongly."""
+    version = spec.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ValueError(f"{source} has no integer format_version ({version!r}): it is not an export's model.json")
+    if version > EXPORT_FORMAT_VERSION:
+        raise ValueError(f"{source} is export format {version}, newer than this bundle's {EXPORT_FORMAT_VERSION}: "
+                         f"update the bundle (git pull, then make setup) to serve it")
+    return spec
+
+
 def read_spec(export_dir, modality: Optional[str] = None) -> dict:
-    """model.json; with `modality`, an export of another modality is refused before anything is built."""
+    """model.json, refused when its format is newer than this code; with `modality`, an export of
+    another modality is refused before anything is built."""
     path = Path(export_dir) / MODEL_JSON
-    spec = json.loads(path.read_text())
+    spec = check_format_version(json.loads(path.read_text()), path)
     if modality is not None and spec.get("modality") != modality:
         raise ValueError(f"{path} is a {spec.get('modality')!r} export; expected a {modality!r} one")
     return spec

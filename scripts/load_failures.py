@@ -6,16 +6,12 @@ the management API keeps listing the model, with workers that never become READY
 of why. Without this, `make serve` and the live fixture would wait out their whole timeout (300 s)
 for a model that cannot load. The reason is in the logs: ts_log.log says "Load model failed: <model>",
 and the worker's own output in model_log.log ends with the exception that killed it.
+(scripts/readiness.py waits with these. The lines read are TorchServe's own, not this bundle's.)
 """
-import json
 import re
-import subprocess
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
-
-from scripts.local_torchserve import all_ready
 
 LOAD_FAILED = re.compile(r"Load model failed: (?P<model>[^,\s]+), error: (?P<error>.*)$")
 # Worker threads are named W-<port>-<model>_<version>; their stdout/stderr lines go to model_log.log.
@@ -62,40 +58,3 @@ def load_failures(log_dir: Path, since: Optional[Dict[str, int]] = None) -> Dict
     return {model: (len(times), reasons.get(model, "the worker died while loading (see model_log.log)"))
             for model, times in failed_at.items()}
 
-
-def wait_for_models(management_url: str, models: List[str], key_file: Path, log_dir: Path, timeout_s: float,
-                    process: Optional[subprocess.Popen] = None,
-                    since: Optional[Dict[str, int]] = None) -> Tuple[dict, Dict[str, str]]:
-    """Poll until every model is READY or has failed to load FAILED_LOADS_TO_GIVE_UP times.
-
-    Returns the keys from key_file.json and {model: why it failed} for those that did (the others
-    are READY). A model may be "name/version"; its failures are its name's. Only log lines after
-    `since` count: by default, where the logs end when this is called, which is right after the
-    server's start (a failed load takes seconds: a worker must start, import torch and die first).
-    """
-    since = log_sizes(log_dir) if since is None else since
-    deadline = time.monotonic() + timeout_s
-    pending = list(models)
-    broken: Dict[str, str] = {}
-    keys: dict = {}
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"TorchServe exited with {process.returncode} during start-up")
-        try:
-            keys = json.loads(Path(key_file).read_text())
-        except (OSError, ValueError):
-            time.sleep(1)
-            continue
-        failures = load_failures(log_dir, since)
-        for model in list(pending):
-            name = model.split("/", 1)[0]
-            if all_ready(management_url, [model], keys["management"]["key"]):
-                pending.remove(model)
-            elif failures.get(name, (0, ""))[0] >= FAILED_LOADS_TO_GIVE_UP:
-                count, reason = failures[name]
-                broken[model] = f"{reason} (failed to load {count} times)"
-                pending.remove(model)
-        if not pending:
-            return keys, broken
-        time.sleep(1)
-    raise TimeoutError(f"models {pending} neither READY nor failing to load within {timeout_s:.0f}s")

@@ -1,6 +1,6 @@
 """Start, watch and stop a TorchServe on this machine: shared by `make serve`, the live-test
-fixture and the benchmark, so all three start the server the same way."""
-import json
+fixtures, the benchmark and the soak, so all of them start the server the same way and read the
+same figures back from it (scripts/readiness.py waits for its models)."""
 import os
 import re
 import signal
@@ -8,9 +8,11 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import requests
+
+from scripts.prometheus_text import scrape, select
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
@@ -73,10 +75,31 @@ def worker_pids(management_url: str, model: str, management_key: Optional[str]) 
                   for worker in version["workers"])
 
 
-def batches_served(log_text: str, model: str) -> int:
-    """Batches the model's workers ran, from ts_log.log's text: TorchServe's worker reports one HandlerTime
-    metric line per batch, whatever the handler."""
-    return len(re.findall(rf"\[METRICS\]HandlerTime\.Milliseconds:[\d.]+\|#ModelName:{re.escape(model)},", log_text))
+def batches_served(metrics_url: str, model: str, settle_s: float = 0.3, limit_s: float = 10.0) -> int:
+    """Batches the model has run (every version), from the handler's ts_handler_batches counter on the
+    metrics endpoint; 0 before its first batch (a series appears with its first event). Read until two
+    reads `settle_s` apart agree: a worker reports a batch on its stdout, which the frontend reads apart
+    from answering, so a load's last batches are counted just after their answers arrive."""
+    def count() -> int:
+        return int(sum(sample.value for sample in select(scrape(metrics_url), "ts_handler_batches", ModelName=model)))
+
+    deadline, last = time.monotonic() + limit_s, count()
+    while True:
+        time.sleep(settle_s)
+        current = count()
+        if current == last or time.monotonic() > deadline:
+            return current
+        last = current
+
+
+def thread_shares(metrics_url: str, model: str) -> Dict[int, Tuple[int, int]]:
+    """Worker pid → (torch threads, live workers) as each of the model's workers last reported them
+    (the handler's ts_handler_torch_threads and ts_handler_live_workers gauges). A gauge outlives its
+    worker: keep the pids that describe() lists now."""
+    samples = scrape(metrics_url)
+    threads = {int(s.labels["WorkerPid"]): int(s.value) for s in select(samples, "ts_handler_torch_threads", ModelName=model)}
+    workers = {int(s.labels["WorkerPid"]): int(s.value) for s in select(samples, "ts_handler_live_workers", ModelName=model)}
+    return {pid: (threads[pid], workers[pid]) for pid in threads.keys() & workers.keys()}
 
 
 def all_ready(management_url: str, models: Iterable[str], management_key: Optional[str]) -> bool:
@@ -92,24 +115,6 @@ def all_ready(management_url: str, models: Iterable[str], management_key: Option
         return True
     except (requests.RequestException, KeyError, ValueError, IndexError):
         return False
-
-
-def wait_until_ready(management_url: str, models: List[str], key_file: Optional[Path], timeout_s: float,
-                     process: Optional[subprocess.Popen] = None) -> dict:
-    """Poll until every model has only READY workers; returns the keys from key_file.json ({} for a
-    server without token authorization: key_file None)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"TorchServe exited with {process.returncode} during start-up")
-        try:
-            keys = json.loads(Path(key_file).read_text()) if key_file else {}
-            if all_ready(management_url, models, keys["management"]["key"] if key_file else None):
-                return keys
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"models {models} not READY within {timeout_s:.0f}s")
 
 
 def set_default_versions(management_url: str, defaults: Dict[str, str], management_key: Optional[str]) -> None:

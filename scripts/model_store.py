@@ -1,13 +1,45 @@
-"""What a model store holds: each archive's model name and version, read from its manifest.
+"""What a model is and what a model store holds, read from the model's own files, never its name.
 
 A model's name and version come from the archive (MAR-INF/MANIFEST.json), not its file name: a store
-may hold image_classifier.mar (1.0) beside image_classifier-2.0.mar, two versions of one model.
+may hold image_classifier.mar (1.0) beside image_classifier-2.0.mar, two versions of one model. Its
+modality and runtime come from its model.json (in exports/<model>/, or inside the .mar): a user's
+`digits_classifier`, `fraud_onnx_v2` or `speech` is whatever its export says it is.
 """
 import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
+
+from model_defs.export import MODEL_JSON, check_format_version, read_spec
+
+TORCH_RUNTIME = "torch"  # model.json's runtime when it names none: an eager export (ONNX ones say "onnxruntime")
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """What serving a model involves: its modality (image, text, audio) and its runtime."""
+    modality: str
+    runtime: str
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "ModelKind":
+        return cls(spec["modality"], spec.get("runtime", TORCH_RUNTIME))
+
+    @property
+    def explainable(self) -> bool:
+        """Whether /explanations serves it: Captum differentiates the torch runtime only (the others
+        answer 400 naming the eager model, README: Explanations)."""
+        return self.runtime == TORCH_RUNTIME
+
+
+def export_kind(export_dir: Path) -> ModelKind:
+    """The kind exports/<model>/model.json says the model is (refused when its format is newer than this code)."""
+    return ModelKind.from_spec(read_spec(export_dir))
+
+
+def export_kinds(exports_dir: Path, models: Iterable[str]) -> Dict[str, ModelKind]:
+    return {model: export_kind(Path(exports_dir) / model) for model in models}
 
 
 @dataclass(frozen=True)
@@ -15,16 +47,40 @@ class Archive:
     path: Path
     model: str
     version: str
+    # None for an archive without a model.json: not one this bundle's archive.sh made. TorchServe still
+    # loads it; when its handler is this bundle's, the worker fails and says why (scripts/readiness.py).
+    kind: Optional[ModelKind]
+
+    @property
+    def reference(self) -> str:
+        """"name/version", as the management and inference APIs address this version."""
+        return f"{self.model}/{self.version}"
 
 
 def read_archive(path: Path) -> Archive:
-    """The archive's model name and version; ValueError naming the file when it is not a readable .mar."""
+    """The archive's model name, version and kind; ValueError naming the file when it is not a readable
+    .mar, or when its model.json is of a newer export format than this code reads."""
     try:
         with zipfile.ZipFile(path) as archive:
             manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
-        return Archive(Path(path), manifest["model"]["modelName"], str(manifest["model"]["modelVersion"]))
+            spec = json.loads(archive.read(MODEL_JSON)) if MODEL_JSON in archive.namelist() else None
+        kind = ModelKind.from_spec(check_format_version(spec, f"{path}'s {MODEL_JSON}")) if spec is not None else None
+        return Archive(Path(path), manifest["model"]["modelName"], str(manifest["model"]["modelVersion"]), kind)
     except (zipfile.BadZipFile, KeyError, ValueError, OSError) as error:
         raise ValueError(f"{path} is not a readable model archive ({type(error).__name__}: {error})") from None
+
+
+def kinds(archives: List[Archive]) -> Dict[str, ModelKind]:
+    """Each model's kind, by name (its default version's, as default_versions picks it) and by
+    "name/version"; archives without a model.json have none."""
+    found: Dict[str, ModelKind] = {}
+    defaults = default_versions(archives)
+    for archive in archives:
+        if archive.kind is not None:
+            found[archive.reference] = archive.kind
+            if defaults[archive.model] == archive.version:
+                found[archive.model] = archive.kind
+    return found
 
 
 def scan(model_store: Path) -> Tuple[List[Archive], List[str]]:

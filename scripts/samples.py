@@ -1,18 +1,16 @@
 """Sample inputs for `make serve`'s curl lines, generated with the same code as the demo data sets,
-so each sample's expected answer is known (a star image is a `star`)."""
+so each sample's expected answer is known (a star image is a `star`). One sample per modality: a
+model's modality comes from its model.json (scripts/model_store.py), never from its name."""
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, Iterable, List
 
 SAMPLE_TEXT = "Hi, my card was charged twice for the same order, can I get a refund?"
 
 
-def modality_of(model: str) -> str:
-    return model.split("_", 1)[0]  # image_classifier, image_classifier_onnx ... → image
-
-
-def write_samples(directory: Path, models) -> Dict[str, Path]:
+def write_samples(directory: Path, modalities: Iterable[str]) -> Dict[str, Path]:
+    """modality → its sample file in `directory`, for each of `modalities`."""
     directory.mkdir(parents=True, exist_ok=True)
-    modalities = {modality_of(m) for m in models}
+    modalities = set(modalities)
     files = {}
     if "image" in modalities:
         from train.synthetic_shapes import render_shape
@@ -40,8 +38,8 @@ def _shown(path: Path) -> Path:
     return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
 
 
-def curl_examples(model: str, files: Dict[str, Path], url: str, auth: str) -> List[str]:
-    modality = modality_of(model)
+def curl_examples(modality: str, files: Dict[str, Path], url: str, auth: str) -> List[str]:
+    """curl lines that send `modality`'s sample (from write_samples) to `url`, in each form it accepts."""
     if modality in ("image", "audio"):
         path = _shown(files[modality])
         return [

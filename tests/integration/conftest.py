@@ -3,21 +3,23 @@
 The fixture archives every export into a temporary model store with archive.sh, writes a copy of
 config.properties with free loopback ports and that store, and starts TorchServe in the foreground
 from a temporary working directory with a clean PYTHONPATH, so the archives must be self-contained.
-It waits until every model has a READY worker, reads the tokens from key_file.json, and stops the
-whole process group at the end, printing TorchServe's logs when a test failed.
+It waits until every model has a READY worker (failing at once, with the reason, for a model that
+cannot load), reads the tokens from key_file.json, and stops the whole process group at the end,
+printing TorchServe's logs when a test failed.
 """
 import os
 import subprocess
 from dataclasses import dataclass, field
-from typing import List
+from typing import Dict, List
 
 import pytest
 import requests
 import yaml
 
-from scripts.local_torchserve import (REPO_ROOT, ForegroundTorchServe, describe, set_default_versions, wait_until_ready,
-                                     worker_pids, write_config)
-from scripts.model_store import default_versions, scan
+from scripts.local_torchserve import (REPO_ROOT, ForegroundTorchServe, describe, set_default_versions, worker_pids,
+                                     write_config)
+from scripts.model_store import ModelKind, default_versions, kinds, scan
+from scripts.readiness import wait_for_models
 
 STARTUP_TIMEOUT_S = 300
 VERSIONED_MODEL, SECOND_VERSION = "text_classifier", "2.0"
@@ -31,10 +33,15 @@ class TorchServe:
     models: List[str]  # every model's default version, and "name/version" for a second version
     process: ForegroundTorchServe
     keys: dict = field(default_factory=dict)
+    kinds: Dict[str, ModelKind] = field(default_factory=dict)  # each of `models` → what its archive's model.json says
+
+    @property
+    def inference_key(self) -> str:
+        return self.keys["inference"]["key"]
 
     @property
     def inference_headers(self) -> dict:
-        return {"Authorization": f"Bearer {self.keys['inference']['key']}"}
+        return {"Authorization": f"Bearer {self.inference_key}"}
 
     @property
     def management_headers(self) -> dict:
@@ -74,7 +81,7 @@ class TorchServe:
         return described
 
     def model_log(self) -> str:
-        """The workers' log (their stdout and logging), where the handler reports its thread share."""
+        """The workers' log (their stdout and logging)."""
         path = self.process.workdir / "logs" / "model_log.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
@@ -86,6 +93,13 @@ class TorchServe:
         assert (description["batchSize"], description["maxBatchDelay"]) == (config["batchSize"], config["maxBatchDelay"])
         assert len(description["workers"]) == 1
         return description
+
+
+def wait_for_every_model(server: TorchServe, timeout_s: float) -> dict:
+    """Every one of the server's models READY; its keys. ModelsFailedToLoad (a RuntimeError) names the
+    models that cannot load, and why, as soon as TorchServe has failed each twice."""
+    return wait_for_models(server.management_url, server.models, server.process.key_file,
+                           server.process.workdir / "logs", timeout_s, server.process.process).require_all().keys
 
 
 @pytest.fixture(scope="session")
@@ -109,9 +123,10 @@ def server(tmp_path_factory, request):
     reporter = request.config.pluginmanager.getplugin("terminalreporter")
     try:
         try:
-            server.keys = wait_until_ready(server.management_url, models, process.key_file, STARTUP_TIMEOUT_S, process.process)
-            set_default_versions(server.management_url, default_versions(scan(model_store)[0]),
-                                 server.keys["management"]["key"])
+            server.keys = wait_for_every_model(server, STARTUP_TIMEOUT_S)
+            archives = scan(model_store)[0]
+            set_default_versions(server.management_url, default_versions(archives), server.keys["management"]["key"])
+            server.kinds = {model: kind for model, kind in kinds(archives).items() if model in models}
         except (RuntimeError, TimeoutError) as error:
             pytest.fail(f"{error}\n{process.logs()}")
         yield server
@@ -125,8 +140,8 @@ def server(tmp_path_factory, request):
 def own_torchserve(tmp_path_factory, request):
     """Starts a TorchServe of a test module's own: `start(model_store, ready_models, overrides)` (a
     model store it built, config.properties overrides such as a small job_queue_size), waiting until
-    `ready_models` are READY. Every server started is stopped when the module ends; its logs are
-    printed when a test failed."""
+    `ready_models` are READY (failing at once, with the reason, for one that cannot load). Every server
+    started is stopped when the module ends; its logs are printed when a test failed."""
     started = []
 
     def start(model_store, ready_models: List[str], overrides=None) -> TorchServe:
@@ -137,8 +152,8 @@ def own_torchserve(tmp_path_factory, request):
         server = TorchServe(properties["inference_address"], properties["management_address"],
                             properties["metrics_address"], list(ready_models), process)
         try:
-            server.keys = wait_until_ready(server.management_url, ready_models, process.key_file, STARTUP_TIMEOUT_S,
-                                           process.process)
+            server.keys = wait_for_every_model(server, STARTUP_TIMEOUT_S)
+            server.kinds = {model: kind for model, kind in kinds(scan(model_store)[0]).items() if model in ready_models}
         except (RuntimeError, TimeoutError) as error:
             pytest.fail(f"{error}\n{process.logs()}")
         return server

@@ -21,8 +21,9 @@ def batch_size(model: str) -> int:
 @pytest.fixture(scope="module")
 def tiny_run(server):
     target = Server(server.process.workdir, {"inference_address": server.inference_url,
-                                             "management_address": server.management_url}, server.keys)
-    inputs = bench.payloads(MODELS)
+                                             "management_address": server.management_url,
+                                             "metrics_address": server.metrics_url}, server.keys)
+    inputs = bench.payloads({model: server.kinds[model] for model in MODELS})
     results = measure_served(target, inputs, concurrencies=[1, 4], seconds=1.0, warmup_s=0.3, explanations=1)
     measure_in_process(results, inputs, REPO_ROOT / "exports", REPO_ROOT / "configs", seconds=0.3)
     return {"date": "2026-01-01", "machine": bench.machine(), "device": "cpu", "command": "test", "bundle": results}
@@ -35,9 +36,9 @@ def test_every_model_has_a_run_per_client_count_with_no_error(tiny_run):
         for run in entry["served"]:
             assert run["errors"] == 0 and run["statuses"] == {"200": run["requests"]} and run["requests"] > 0
             assert 0 < run["p50_ms"] <= run["p90_ms"] <= run["p99_ms"]
-            # One HandlerTime line per batch: between one request per batch and a full batch.
+            # ts_handler_batches counts each batch: between one request per batch and a full batch.
             assert 1 <= run["mean_batch"] <= batch_size(model), run
-        assert entry["threads"] >= 1, "the worker's thread share is read back from its log"
+        assert entry["threads"] >= 1, "the worker's thread share is read back from the metrics endpoint"
         assert all(rss > 100 for rss in entry["worker_peak_rss_mb"]), "a worker with torch loaded holds >100 MB"
 
 

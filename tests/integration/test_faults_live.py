@@ -10,27 +10,24 @@ import json
 import os
 import signal
 import socket
-import statistics
-import threading
 import time
 from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image
 
-from bench.load import NO_ANSWER, Client, Payload, SteadyLoad, sample_payloads, summary
+from tests.support.load import (NO_ANSWER, Payload, SteadyLoad, burst, closed_loop, prediction, sample_payloads, send,
+                                summary)
 
 IMAGE, TEXT = "image_classifier", "text_classifier"
 CLIENTS = 4
 RECOVERY_LIMIT_S = 10
 
 
-def payload(model: str) -> Payload:
-    return sample_payloads([model])[model]
-
-
-def inference_key(server) -> str:
-    return server.keys["inference"]["key"]
+def sample_request(server, model: str):
+    """The model's `make serve` sample, as a request to the session's server."""
+    payload = sample_payloads({model: server.kinds[model]})[model]
+    return prediction(server.inference_url, server.inference_key, model, payload)
 
 
 def assert_every_request_answered(outcomes):
@@ -40,7 +37,7 @@ def assert_every_request_answered(outcomes):
 
 def test_a_worker_killed_under_load_costs_its_batch_and_serves_again_within_10_s(server):
     (worker,) = server.describe(IMAGE)[0]["workers"]
-    with SteadyLoad(server.inference_url, inference_key(server), IMAGE, payload(IMAGE), CLIENTS, max_seconds=60) as load:
+    with SteadyLoad(sample_request(server, IMAGE), CLIENTS, max_seconds=60) as load:
         time.sleep(3)
         killed_at = time.monotonic()
         os.kill(worker["pid"], signal.SIGKILL)
@@ -64,7 +61,7 @@ def test_a_worker_killed_under_load_costs_its_batch_and_serves_again_within_10_s
 
 
 def test_scaling_up_under_load_fails_no_request(server):
-    with SteadyLoad(server.inference_url, inference_key(server), IMAGE, payload(IMAGE), CLIENTS, max_seconds=150) as load:
+    with SteadyLoad(sample_request(server, IMAGE), CLIENTS, max_seconds=150) as load:
         time.sleep(1)
         server.scale_to(IMAGE, 3)
         time.sleep(2)
@@ -88,8 +85,7 @@ def test_scaling_down_under_load_loses_at_most_the_removed_workers_batches(serve
         server.scale_to(IMAGE, 3)
     try:
         # A short client timeout: a request that TorchServe lost is recorded, not waited on for 30 s.
-        with SteadyLoad(server.inference_url, inference_key(server), IMAGE, payload(IMAGE), CLIENTS, max_seconds=60,
-                        timeout_s=10) as load:
+        with SteadyLoad(sample_request(server, IMAGE), CLIENTS, max_seconds=60, timeout_s=10) as load:
             time.sleep(1)
             scaled = server.scale(IMAGE, 1, 1, check=False)
             time.sleep(2)
@@ -105,7 +101,7 @@ def test_scaling_down_under_load_loses_at_most_the_removed_workers_batches(serve
         (remaining,) = server.describe(IMAGE)[0]["workers"]
         assert remaining["status"] == "READY"
         # Clients whose requests were lost sat out their timeout: ask the remaining worker directly.
-        after = Client(server.inference_url, inference_key(server), IMAGE, payload(IMAGE)).send()
+        after = send(sample_request(server, IMAGE))
         assert after.ok, after
     finally:
         server.scale_to(IMAGE, 1)
@@ -123,52 +119,38 @@ def noise_jpeg(width=400, height=300) -> bytes:
     return buffer.getvalue()
 
 
-def sequential_latencies(client: Client, count: int = 15) -> list:
-    outcomes = [client.send() for _ in range(count)]
-    assert all(o.ok for o in outcomes), summary(outcomes)
-    return [o.latency for o in outcomes]
+def sequential_p50_ms(request, count: int = 15) -> float:
+    outcomes = closed_loop(request, clients=1, seconds=60, max_requests=count)
+    assert len(outcomes) == count and all(o.ok for o in outcomes), summary(outcomes)
+    return summary(outcomes)["p50_ms"]
 
 
 def test_a_burst_past_the_queue_gets_fast_503s_then_full_speed_again(server):
     queue = int(server.describe(IMAGE)[0]["jobQueueStatus"]["remainingCapacity"])  # job_queue_size=100, idle
-    burst = 2 * queue + 50
+    count = 2 * queue + 50
     photo = Payload(noise_jpeg(), {"Content-Type": "image/jpeg"})
-    probe = Client(server.inference_url, inference_key(server), IMAGE, payload(IMAGE))
-    before = statistics.median(sequential_latencies(probe))
+    probe = sample_request(server, IMAGE)
+    before = sequential_p50_ms(probe)
 
-    clients = [Client(server.inference_url, inference_key(server), IMAGE, photo, timeout_s=60) for _ in range(burst)]
-    outcomes, lock, go = [], threading.Lock(), threading.Barrier(burst)
-
-    def send(client):
-        go.wait()  # all at once
-        outcome = client.send()
-        with lock:
-            outcomes.append(outcome)
-        client.close()
-
-    threads = [threading.Thread(target=send, args=(client,)) for client in clients]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert len(outcomes) == burst
+    outcomes = burst(prediction(server.inference_url, server.inference_key, IMAGE, photo), count, timeout_s=60)
+    assert len(outcomes) == count
     assert_every_request_answered(outcomes)
     rejected = [o for o in outcomes if o.status == 503]
     served = [o for o in outcomes if o.ok]
     slowest_503 = max(o.latency for o in rejected) if rejected else None
-    after = statistics.median(sequential_latencies(probe))
-    print(f"\nburst of {burst} concurrent {len(photo.body) // 1024} kB JPEGs at {IMAGE} (queue {queue}): "
+    after = sequential_p50_ms(probe)
+    print(f"\nburst of {count} concurrent {len(photo.body) // 1024} kB JPEGs at {IMAGE} (queue {queue}): "
           f"{len(rejected)} x 503 (slowest {slowest_503:.2f} s), {len(served)} x 200 (slowest "
-          f"{max(o.latency for o in served):.2f} s); median latency alone {1000 * before:.0f} ms before, "
-          f"{1000 * after:.0f} ms after")
-    assert len(rejected) + len(served) == burst, summary(outcomes)
+          f"{max(o.latency for o in served):.2f} s); median latency alone {before:.0f} ms before, "
+          f"{after:.0f} ms after")
+    assert len(rejected) + len(served) == count, summary(outcomes)
     # The worker drains the queue while the burst arrives, so more than `queue` may be served; but
     # the queue was filled (not refused early), and past it requests were refused.
     assert rejected and len(served) >= queue, summary(outcomes)
     assert all(o.error == "ServiceUnavailableException" for o in rejected), {o.error for o in rejected}
     # Fast: a 503 never waits for the queue to drain, which is what the 200s at its back do.
     assert slowest_503 < 3.0 and slowest_503 < max(o.latency for o in served)
-    assert after < 2 * before + 0.05, "full speed once the burst is over"
+    assert after < 2 * before + 50, "full speed once the burst is over (ms)"
 
 
 def test_a_client_sending_its_body_slowly_does_not_delay_the_others(server):
@@ -176,15 +158,15 @@ def test_a_client_sending_its_body_slowly_does_not_delay_the_others(server):
     address = urlsplit(server.inference_url)
     slow = socket.create_connection((address.hostname, address.port), timeout=30)
     head = (f"POST /predictions/{TEXT} HTTP/1.1\r\nHost: {address.netloc}\r\nContent-Type: text/plain\r\n"
-            f"Authorization: Bearer {inference_key(server)}\r\nContent-Length: {len(text)}\r\n\r\n").encode()
+            f"Authorization: Bearer {server.inference_key}\r\nContent-Length: {len(text)}\r\n\r\n").encode()
     slow.sendall(head)
-    client = Client(server.inference_url, inference_key(server), TEXT, Payload(text, {"Content-Type": "text/plain"}))
+    other = prediction(server.inference_url, server.inference_key, TEXT, Payload(text, {"Content-Type": "text/plain"}))
     others, trickle_started = [], time.monotonic()
     try:
         for offset in range(len(text)):  # one byte every 0.1 s: about 4.5 s for the body
             slow.sendall(text[offset:offset + 1])
             if offset % 3 == 0:
-                others.append(client.send())
+                others.append(send(other))
             time.sleep(0.1)
         trickled = time.monotonic() - trickle_started
         reply = b""
@@ -195,7 +177,6 @@ def test_a_client_sending_its_body_slowly_does_not_delay_the_others(server):
             reply += chunk
     finally:
         slow.close()
-        client.close()
     status_line, body = reply.split(b"\r\n", 1)[0], reply.split(b"\r\n\r\n", 1)[-1]
     latencies = [o.latency for o in others]
     print(f"\na body trickled over {trickled:.1f} s; meanwhile {len(others)} other requests, slowest "

@@ -3,12 +3,13 @@ batch, scaling through the management API, token authorization and Prometheus me
 import base64
 import io
 import os
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
+from scripts.local_torchserve import thread_shares
+from scripts.prometheus_text import scrape, select
 from train.synthetic_shapes import render_shape
 
 MODEL = "image_classifier"
@@ -68,14 +69,6 @@ def test_describe_then_scale_to_three_workers_and_back(server):
     server.scale_to(MODEL, 1)
 
 
-THREADS_LINE = re.compile(r"worker pid (\d+): (\d+) torch threads \((\d+) live workers on (\d+) cores")
-
-
-def thread_shares(model_log: str) -> dict:
-    """pid → (threads, live workers) from each worker's latest thread report in the model log."""
-    return {int(pid): (int(threads), int(workers)) for pid, threads, workers, _ in THREADS_LINE.findall(model_log)}
-
-
 def test_scaling_to_three_workers_keeps_the_threads_within_the_cores(server):
     pids = {worker["pid"] for worker in server.scale_to(MODEL, 3)}
     try:
@@ -83,16 +76,16 @@ def test_scaling_to_three_workers_keeps_the_threads_within_the_cores(server):
         cores = os.cpu_count()
         expected = max(1, cores // live_workers)
         # A worker re-reads the worker count before a batch (every 2 s at most): keep all three busy
-        # until each has reported its share since the scale-up, or give up after 60 s.
+        # until each has reported its share on the metrics endpoint since the scale-up, or give up after 60 s.
         deadline, shares = time.monotonic() + 60, {}
         with ThreadPoolExecutor(max_workers=12) as pool:
             while time.monotonic() < deadline:
                 list(pool.map(lambda _: server.predict(MODEL, data=png("star")), range(24)))
-                shares = {pid: share for pid, share in thread_shares(server.model_log()).items() if pid in pids}
+                shares = {pid: share for pid, share in thread_shares(server.metrics_url, MODEL).items() if pid in pids}
                 if len(shares) == 3 and all(share == (expected, live_workers) for share in shares.values()):
                     break
                 time.sleep(0.5)
-        assert shares == {pid: (expected, live_workers) for pid in pids}, server.model_log()[-3000:]
+        assert shares == {pid: (expected, live_workers) for pid in pids}, thread_shares(server.metrics_url, MODEL)
     finally:
         server.scale_to(MODEL, 1)
 
@@ -100,12 +93,11 @@ def test_scaling_to_three_workers_keeps_the_threads_within_the_cores(server):
 def test_per_stage_timings_are_on_the_metrics_endpoint(server):
     # configs/image_classifier.yaml sets handler.profile: true
     assert server.predict(MODEL, data=png("ring")).status_code == 200
-    metrics = requests.get(f"{server.metrics_url}/metrics", timeout=30).text
+    metrics = scrape(server.metrics_url)
     for stage in ("preprocess", "inference", "postprocess"):
-        lines = [line for line in metrics.splitlines()
-                 if line.startswith(f"ts_handler_{stage}{{") and f'ModelName="{MODEL}"' in line]
-        assert lines, f"no ts_handler_{stage} for {MODEL} in /metrics"
-        assert float(lines[0].rsplit(" ", 1)[1]) > 0
+        found = select(metrics, f"ts_handler_{stage}", ModelName=MODEL)
+        assert found, f"no ts_handler_{stage} for {MODEL} in /metrics"
+        assert found[0].value > 0
 
 
 def test_missing_or_wrong_token_is_rejected(server):
@@ -127,9 +119,5 @@ def test_model_registration_api_is_off(server):
 
 def test_metrics_show_inference_requests_for_the_model(server):
     assert server.predict(MODEL, data=png("square")).status_code == 200
-    metrics = requests.get(f"{server.metrics_url}/metrics", timeout=30).text
-    counts = [
-        float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-        if line.startswith("ts_inference_requests_total{") and f'model_name="{MODEL}"' in line
-    ]
+    counts = [sample.value for sample in select(scrape(server.metrics_url), "ts_inference_requests_total", model_name=MODEL)]
     assert counts and counts[0] >= 1

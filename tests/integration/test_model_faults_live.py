@@ -19,9 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from scripts.load_failures import wait_for_models
 from scripts.local_torchserve import REPO_ROOT
 from scripts.model_store import scan
+from scripts.prometheus_text import scrape, select
+from scripts.readiness import ModelsFailedToLoad, wait_for_models
 
 GOOD, OOM, NO_SPEC, TRUNCATED = "text_classifier", "text_classifier_oom", "no_model_json", "truncated_text"
 OOM_HANDLER = '''"""Test-only: the text handler whose forward pass runs out of memory above 2 items."""
@@ -86,13 +87,18 @@ def faulty_server(own_torchserve, faulty_store):
 def test_broken_archives_are_named_with_their_problem_and_the_others_serve(faulty_server, faulty_store):
     started = time.monotonic()
     log_dir = faulty_server.process.workdir / "logs"
-    keys, broken = wait_for_models(faulty_server.management_url, [GOOD, OOM, NO_SPEC], faulty_server.process.key_file,
-                                   log_dir, timeout_s=120, process=faulty_server.process.process, since={})
+    readiness = wait_for_models(faulty_server.management_url, [GOOD, OOM, NO_SPEC], faulty_server.process.key_file,
+                                log_dir, timeout_s=120, process=faulty_server.process.process, since={})
+    broken = readiness.broken
     found_in = time.monotonic() - started
     print(f"\nbroken archive found {found_in:.1f} s after the good models were READY: {broken}")
     assert set(broken) == {NO_SPEC}
     assert "model.json" in broken[NO_SPEC] and "No such file" in broken[NO_SPEC], broken
     assert found_in < 60, "make serve reports it well before its 300 s timeout"
+    # A caller that needs every model (the live fixtures, the benchmark, the soak) fails with the reason.
+    with pytest.raises(ModelsFailedToLoad, match=rf"^{NO_SPEC} did not load: .*model\.json"):
+        readiness.require_all()
+    assert set(readiness.ready_s) == {GOOD, OOM}
 
     # The truncated archive never registers; the frontend's log names the file and the problem, and
     # make serve's scan of the store skips it with the same.
@@ -136,7 +142,5 @@ def test_out_of_memory_is_retried_in_halves_and_only_the_item_too_large_alone_fa
     after = faulty_server.predict(OOM, data=TEXTS[0].encode(), headers={"Content-Type": "text/plain"})
     assert after.status_code == 200, "the next batch is served"
 
-    metrics = requests.get(f"{faulty_server.metrics_url}/metrics", timeout=30).text
-    counts = [float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-              if line.startswith("ts_handler_out_of_memory{") and OOM in line]
+    counts = [sample.value for sample in select(scrape(faulty_server.metrics_url), "ts_handler_out_of_memory", ModelName=OOM)]
     assert counts and counts[0] >= 2, "each refusal is counted on the metrics endpoint, for alerting"

@@ -11,7 +11,7 @@ SECONDS = 60
 def test_a_minute_of_steady_load_on_every_model_has_no_error(server):
     target = Target(server.inference_url, server.management_url, server.keys["inference"]["key"],
                     server.keys["management"]["key"], server.process.process.pid)
-    report = run_soak(target, server.models, SECONDS, warmup_seconds=10, probe_seconds=2, log=lambda line: print(line))
+    report = run_soak(target, server.kinds, SECONDS, warmup_seconds=10, probe_seconds=2, log=lambda line: print(line))
     print(f"\nsoak {SECONDS} s: " + json.dumps(report))
     assert report["errors"] == 0, report["error_examples"]
     assert report["summary"]["requests"] == report["scheduled"], "every scheduled request was sent and answered"

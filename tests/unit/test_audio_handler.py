@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from export_paths import REPO_ROOT, export_dir
-from scripts.handler_harness import load_handler, predict, run_batch, single, top_label, worker_row
+from tests.support.harness import load_handler, predict, run_batch, single, top_label, worker_row
 from model_defs.audio import AudioPreprocessing, LogMelSpectrogram, encode_audio, prepare_clip
 from model_defs.export import load_export
 from train.audio import predict_probabilities

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from scripts.handler_harness import load_handler, run_batch, worker_row
+from tests.support.harness import load_handler, run_batch, worker_row
 from model_defs.audio import AudioPreprocessing, encode_audio
 from model_defs.export import load_export
 from train.audio import folder_dataset, get_args_parser, main

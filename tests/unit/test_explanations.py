@@ -14,7 +14,7 @@ from PIL import Image
 from explanations import AttributionCost, attribute
 from export_paths import REPO_ROOT, export_dir
 from item_errors import PreparedBatch
-from scripts.handler_harness import explain, load_handler, predict, run_batch, worker_row
+from tests.support.harness import explain, load_handler, predict, run_batch, worker_row
 from model_defs.audio import encode_audio
 from train.synthetic_shapes import SHAPES, render_shape_with_mask
 

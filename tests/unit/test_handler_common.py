@@ -13,7 +13,7 @@ import worker_threads
 from export_paths import REPO_ROOT, export_dir
 from batch_handler import HandlerSettings
 from worker_threads import WorkerThreads
-from scripts.handler_harness import load_handler, predict, worker_row
+from tests.support.harness import load_handler, predict, worker_row
 from text_classifier_handler import TextSettings
 from train.synthetic_shapes import render_shape
 
@@ -101,14 +101,7 @@ def test_a_handler_refuses_an_export_of_another_modality(tmp_path):
         load_handler("image_classifier_handler", export_dir("text_classifier"), "text_classifier", text_yaml, tmp_path)
 
 
-# ---- threads follow the live worker count -----------------------------------------------------
-@pytest.fixture
-def restore_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
+# ---- threads follow the live worker count (restore_torch_threads: tests/unit/conftest.py) -------
 def test_threads_are_the_cores_shared_by_the_live_workers(monkeypatch, restore_torch_threads):
     workers = iter([1, 3, 3, 8, 1])
     monkeypatch.setattr(worker_threads, "live_worker_count", lambda: next(workers))

@@ -11,7 +11,7 @@ import yaml
 from PIL import Image
 
 from export_paths import export_dir
-from scripts.handler_harness import REPO_ROOT, load_handler, predict, single, top_label, worker_row
+from tests.support.harness import REPO_ROOT, load_handler, predict, single, top_label, worker_row
 from model_defs.export import load_export
 from model_defs.image import draft_min_side, eval_transform, load_image
 from train.synthetic_shapes import SHAPES, generate, render_shape

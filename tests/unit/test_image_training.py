@@ -8,7 +8,7 @@ import torch
 
 from model_defs.export import load_export
 from model_defs.image import draft_min_side, eval_transform, load_image
-from scripts.handler_harness import load_handler, run_batch, worker_row
+from tests.support.harness import load_handler, run_batch, worker_row
 from train import image as train_image
 from train import synthetic_shapes
 from train.common import DataError

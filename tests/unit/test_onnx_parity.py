@@ -12,7 +12,7 @@ import yaml
 from ts.context import RequestProcessor
 
 from export_paths import REPO_ROOT, export_dir
-from scripts.handler_harness import explain, load_handler, predict, worker_row
+from tests.support.harness import explain, load_handler, predict, worker_row
 from model_defs.audio import encode_audio
 from model_defs.export import load_export, write_export
 from model_defs.onnx_export import PARITY_TOLERANCE, export_onnx

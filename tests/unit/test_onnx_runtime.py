@@ -10,7 +10,7 @@ import yaml
 
 from export_paths import REPO_ROOT, export_dir
 from model_runtime import load_model
-from scripts.handler_harness import load_handler
+from tests.support.harness import load_handler
 from model_defs.onnx_runtime import (CPU_PROVIDER, CUDA_PROVIDER, ONNX_FILE, OnnxRuntimeModel, execution_providers,
                                      is_onnx_model_file, serialized_file)
 

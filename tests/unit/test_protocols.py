@@ -7,7 +7,7 @@ import json
 import pytest
 
 from export_paths import export_dir
-from scripts.handler_harness import load_handler, predict, run_batch, worker_row
+from tests.support.harness import load_handler, predict, run_batch, worker_row
 from train.synthetic_shapes import render_shape
 
 

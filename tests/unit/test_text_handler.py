@@ -9,8 +9,8 @@ import yaml
 from ts.context import RequestProcessor
 from ts.utils.util import list_classes_from_module
 
-from scripts import handler_harness
-from scripts.handler_harness import REPO_ROOT, load_handler, run_batch, worker_row
+from tests.support import harness
+from tests.support.harness import REPO_ROOT, load_handler, run_batch, worker_row
 from model_defs.export import load_export
 from model_defs.text import TOKENIZER_FILE, TextEncoder, normalize_text
 from train import text as train_text
@@ -61,7 +61,7 @@ def request_headers(monkeypatch):
     """Give every request of the next run_batch these HTTP headers, as TorchServe's worker does."""
 
     def use(headers: dict):
-        monkeypatch.setattr(handler_harness, "RequestProcessor", lambda _: RequestProcessor(dict(headers)))
+        monkeypatch.setattr(harness, "RequestProcessor", lambda _: RequestProcessor(dict(headers)))
 
     return use
 

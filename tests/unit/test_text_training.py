@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from export_paths import REPO_ROOT
-from scripts.handler_harness import load_handler, run_batch, worker_row
+from tests.support.harness import load_handler, run_batch, worker_row
 from model_defs.export import load_export
 from model_defs.text import TOKENIZER_FILE
 from train import synthetic_messages as messages

@@ -16,7 +16,7 @@ from export_paths import REPO_ROOT
 from model_defs.audio import encode_audio
 from model_defs.export import load_export
 from model_defs.registry import available_architectures
-from scripts.handler_harness import load_handler, run_batch, worker_row
+from tests.support.harness import load_handler, run_batch, worker_row
 from train import common, synthetic_shapes, synthetic_sounds
 from train.common import DataError, class_folders, heldout_split, per_class_heldout_split
 from train.synthetic_shapes import render_shape

@@ -20,7 +20,7 @@ from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
 import ts
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # Handlers import their shared modules (batch_handler, ...) and `model_defs` top-level, as they do inside an archive.
 for _path in (REPO_ROOT, REPO_ROOT / "handlers"):
     if str(_path) not in sys.path:
@@ -43,15 +43,27 @@ def load_handler(handler_module: str, export_dir, model_name: str, model_yaml=No
         model_name, str(model_dir), {"model": {"modelName": model_name}}, model_yaml.get("batchSize", 1),
         gpu_id, ts.__version__, True, metrics, model_yaml,
     )
-    module = importlib.import_module(handler_module)
-    handler_class = next(
-        obj for obj in vars(module).values()
-        if isinstance(obj, type) and obj.__module__ == module.__name__
-        and any(base.__name__ == "BatchClassifierHandler" for base in obj.__mro__)
-    )
-    handler = handler_class()
+    handler = handler_class(importlib.import_module(handler_module))()
     handler.initialize(context)
     return handler, context
+
+
+def handler_module(modality: str) -> str:
+    """The handlers/ module that serves a modality (model.json's "modality"), as archive.sh picks it."""
+    return f"{modality}_classifier_handler"
+
+
+def handler_class(module) -> type:
+    """The handler a modality's module defines: its one class that derives from BatchClassifierHandler.
+    Matched by the base's name along the MRO, not by a hook's name or the class object, so that
+    moving or renaming the shared base's modules and hooks leaves the harness working."""
+    found = [obj for obj in vars(module).values()
+             if isinstance(obj, type) and obj.__module__ == module.__name__
+             and any(base.__name__ == "BatchClassifierHandler" for base in obj.__mro__[1:])]
+    if len(found) != 1:
+        raise LookupError(f"{module.__name__} defines {len(found)} BatchClassifierHandler subclasses "
+                          f"({', '.join(cls.__name__ for cls in found) or 'none'}); expected one")
+    return found[0]
 
 
 def worker_row(content, content_type="application/octet-stream", field="body") -> dict:
