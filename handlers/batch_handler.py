@@ -72,7 +72,7 @@ class BatchClassifierHandler(BaseHandler):
     explanations_unavailable: Optional[str] = None
     # True where item_from_content's decoding releases the GIL (PIL's JPEG decoder, resampling in torch):
     # a batch's requests are then decoded on the worker's torch threads at once, not one after another.
-    # On a 12-megapixel photo decoding costs more than the model (README, "Benchmark"), so a worker
+    # On a 12-megapixel photo decoding costs more than the model (docs/benchmark.md), so a worker
     # with two threads serves about twice the photos; where decoding is cheap, threads only add overhead.
     decode_in_threads = False
 

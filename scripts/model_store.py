@@ -29,7 +29,7 @@ class ModelKind:
     @property
     def explainable(self) -> bool:
         """Whether /explanations serves it: Captum differentiates the torch runtime only (the others
-        answer 400 naming the eager model, README: Explanations)."""
+        answer 400 naming the eager model, docs/explanations.md)."""
         return self.runtime == TORCH_RUNTIME
 
 
