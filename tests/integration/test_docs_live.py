@@ -136,7 +136,7 @@ def docs_server(own_torchserve, tmp_path_factory):
     ready = sorted(named) + [f"{model}/{version}" for model, versions in named.items() for version in versions]
     server = own_torchserve(store, ready, overrides=PRINTED)
     set_default_versions(server.management_url, default_versions(scan(store)[0]), server.keys["management"]["key"])
-    samples.write_samples(server.process.workdir / "samples", sorted(named))
+    samples.write_samples(server.process.workdir / "samples", {server.kinds[model].modality for model in named})
     return server
 
 
