@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fails loudly, before anything is installed, when the interpreter or Java the bundle needs is missing.
+# Fails loudly, before anything is installed, when the interpreter, Java or Prometheus the bundle needs is missing.
 set -uo pipefail
 python=${1:-python3.11}
 status=0
@@ -21,4 +21,12 @@ else
     status=1
   fi
 fi
+# Prometheus and promtool check and run deploy/prometheus/ (make test: tests/unit/test_monitoring.py,
+# tests/integration/test_monitoring_live.py); Debian's package ships both.
+for tool in prometheus promtool; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "setup: $tool not found. The monitoring tests run the real Prometheus (e.g. apt-get install prometheus)." >&2
+    status=1
+  fi
+done
 exit $status
