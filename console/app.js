@@ -49,7 +49,7 @@ function hideBanner() {
 function keyRefused(reply) {
   showBanner([
     element("strong", {text: "TorchServe refused the inference key. "}),
-    `It answered ${reply.status} ${reply.body.type}: “${reply.body.message}” `,
+    `It answered ${reply.status} ${reply.body.type}: “${reply.body.message}”. `,
     "Keys expire (token_expiration_min, 60 minutes in config.properties) and change at every restart: paste the current ",
     element("code", {text: "inference.key"}), " from ", element("code", {text: "key_file.json"}),
     " into the key field above, or run ", element("code", {text: "make console"}), " again for a fresh link.",

@@ -25,7 +25,7 @@ from PIL import Image
 from playwright.sync_api import Page, sync_playwright
 
 from model_defs.audio import encode_audio
-from scripts.local_torchserve import REPO_ROOT
+from scripts.local_torchserve import REPO_ROOT, free_port, read_properties
 from scripts.samples import SAMPLE_TEXT, write_samples
 from train.synthetic_sounds import generate_clip
 
@@ -44,11 +44,11 @@ IMAGE_VARIANTS = ["image_classifier", "image_classifier_int8", "image_classifier
 
 
 # ---- the console, the browser, the inputs --------------------------------------------------------
-@pytest.fixture(scope="module")
-def console(server):
-    """`python -m scripts.console` on a free port for the session's TorchServe: (the URL it prints, process)."""
-    command = [sys.executable, "-m", "scripts.console", "--port", "0", "--inference-url", server.inference_url,
-               "--model-store", str(server.process.workdir / "model_store"), "--key-file", str(server.process.key_file)]
+def start_console(inference_url: str, model_store: Path, key_file: Path):
+    """`python -m scripts.console` on a free port, as make console runs it: (its process, the URL it
+    prints, all it printed until then)."""
+    command = [sys.executable, "-m", "scripts.console", "--port", "0", "--inference-url", inference_url,
+               "--model-store", str(model_store), "--key-file", str(key_file)]
     process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     printed, url = [], None
     deadline = time.monotonic() + CONSOLE_START_TIMEOUT_S
@@ -62,9 +62,21 @@ def console(server):
     if url is None:
         process.kill()
         pytest.fail(f"make console printed no URL:\n{''.join(printed)}{process.stdout.read()}")
-    yield url, "".join(printed)
+    return process, url, "".join(printed)
+
+
+def stop_console(process: subprocess.Popen) -> None:
     process.terminate()
     process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def console(server):
+    """The console for the session's TorchServe and its model store: (the URL it prints, all it printed)."""
+    process, url, printed = start_console(server.inference_url, server.process.workdir / "model_store",
+                                          server.process.key_file)
+    yield url, printed
+    stop_console(process)
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +158,15 @@ def open_console(page: Page, console_url: str, model: str) -> None:
     page.wait_for_selector('#server-status[data-tone="good"]')
 
 
+def explain_the_star(page: Page, console_url: str, samples: dict) -> None:
+    """The image model's page, with the sample star uploaded, predicted and explained."""
+    open_console(page, console_url, "image_classifier")
+    page.set_input_files("#file-input", str(samples["image"]))
+    page.wait_for_selector("#prediction-body .top-label")
+    page.click("#explain-button")
+    page.wait_for_selector('canvas.heat-map[data-target="star"]')
+
+
 def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -198,11 +219,7 @@ def test_an_image_upload_shows_the_right_top_label_and_a_heat_map(server, page, 
 
 
 def test_choosing_another_target_changes_the_heat_map(page, console_url, samples, screenshots):
-    open_console(page, console_url, "image_classifier")
-    page.set_input_files("#file-input", str(samples["image"]))
-    page.wait_for_selector("#prediction-body .top-label")
-    page.click("#explain-button")
-    page.wait_for_selector('canvas.heat-map[data-target="star"]')
+    explain_the_star(page, console_url, samples)
     star = heat_map_pixels(page)
     with page.expect_response(lambda response: "/explanations/" in response.url) as answered:
         page.select_option("#target-select", "circle")
@@ -265,11 +282,7 @@ def test_a_bad_file_shows_the_handlers_error_message(server, page, console_url, 
 
 
 def test_the_compare_view_shows_all_three_image_variants(page, console_url, samples, screenshots):
-    open_console(page, console_url, "image_classifier")
-    page.set_input_files("#file-input", str(samples["image"]))
-    page.wait_for_selector("#prediction-body .top-label")
-    page.click("#explain-button")
-    page.wait_for_selector('canvas.heat-map[data-target="star"]')
+    explain_the_star(page, console_url, samples)
     page.click("#compare-button")
     page.wait_for_selector("#comparison-body .variant-card >> nth=2")
     cards = page.query_selector_all("#comparison-body .variant-card")
@@ -431,11 +444,7 @@ def test_a_keyboard_alone_picks_a_model_and_gets_an_answer(page, console_url):
 @pytest.mark.parametrize("viewport", [WIDE, NARROW], ids=["1280x800", "narrow"])
 def test_the_page_fits_the_window(page, console_url, samples, viewport, screenshots):
     page.set_viewport_size(viewport)
-    open_console(page, console_url, "image_classifier")
-    page.set_input_files("#file-input", str(samples["image"]))
-    page.wait_for_selector("#prediction-body .top-label")
-    page.click("#explain-button")
-    page.wait_for_selector("canvas.heat-map")
+    explain_the_star(page, console_url, samples)
     # No sideways scrolling: every panel fits the window's width.
     assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
     assert page.is_visible("#predict-button") and page.is_visible("canvas.heat-map")
@@ -474,3 +483,31 @@ def test_the_console_forwards_only_the_listed_models_to_its_own_host(server, ori
                             headers={**headers, "Host": "attacker.example:80"}, timeout=60)
     assert rebound.status_code == 421
     assert "Access-Control-Allow-Origin" not in answered.headers
+
+
+def test_a_body_too_large_is_refused_in_torchserves_words(server, origin):
+    """The handler's own limit (image max_bytes, 10 MiB) answers through the console as it is; a body over
+    TorchServe's max_request_size is refused by the console itself, in the same JSON form."""
+    headers = server.inference_headers
+    over_handler = requests.post(f"{origin}/predictions/image_classifier", data=bytes(11 * 1024 * 1024), headers=headers,
+                                 timeout=120)
+    assert over_handler.status_code == 413 and over_handler.json()["type"] == "PayloadTooLarge"
+    max_request_size = int(read_properties(REPO_ROOT / "config.properties")["max_request_size"])
+    over_server = requests.post(f"{origin}/predictions/image_classifier", data=bytes(max_request_size + 1),
+                                headers=headers, timeout=120)
+    assert over_server.status_code == 413 and over_server.json()["type"] == "RequestTooLarge"
+    assert str(max_request_size) in over_server.json()["message"]
+
+
+def test_without_torchserve_the_console_and_the_page_say_so(server, page):
+    """make console before make serve (or after make stop): it still serves the page, and both say why
+    nothing answers."""
+    process, url, printed = start_console(f"http://127.0.0.1:{free_port()}", server.process.workdir / "model_store",
+                                          server.process.key_file)
+    try:
+        assert "does not answer" in printed and "make serve" in printed
+        page.goto(url)
+        banner = page.wait_for_selector("#banner:not([hidden])")
+        assert "TorchServe does not answer" in banner.inner_text() and "502 TorchServeUnreachable" in banner.inner_text()
+    finally:
+        stop_console(process)
