@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from model_defs.export import LABELS_FILE, MODEL_JSON, check_format_version, labels_in_order, read_spec
+from model_defs.export import LABELS_FILE, labels_in_order
+from model_defs.export import MODEL_JSON, check_format_version, read_spec
 
 TORCH_RUNTIME = "torch"  # model.json's runtime when it names none: an eager export (ONNX ones say "onnxruntime")
 
