@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fails loudly, before anything is installed, when the interpreter, Java or Chromium the bundle needs is missing.
+# Fails loudly, before anything is installed, when the interpreter or Java the bundle needs is missing.
 set -uo pipefail
 python=${1:-python3.11}
 status=0
@@ -11,6 +11,12 @@ elif [[ "$version" != 3.11.* ]]; then
   echo "setup: $python is Python $version; the bundle needs 3.11 (make PYTHON=/path/to/python3.11 ...)." >&2
   status=1
 fi
+# The console's tests (tests/integration/test_console_live.py) run a real Chromium: Debian's, never a download.
+chromium=${CHROMIUM:-/usr/bin/chromium}
+if [[ ! -x "$chromium" ]]; then
+  echo "setup: Chromium not found at $chromium. The console's tests drive it headless (apt-get install chromium, or set CHROMIUM=/path/to/chromium)." >&2
+  status=1
+fi
 if ! command -v java >/dev/null 2>&1; then
   echo "setup: java not found. TorchServe's frontend needs Java 17 (e.g. apt-get install openjdk-17-jre-headless)." >&2
   status=1
@@ -20,11 +26,5 @@ else
     echo "setup: java is version ${java_major:-unknown}; TorchServe 0.12 is run and tested here on Java 17." >&2
     status=1
   fi
-fi
-# The console's tests (tests/integration/test_console_live.py) run a real Chromium: Debian's, never a download.
-chromium=${CHROMIUM:-/usr/bin/chromium}
-if [[ ! -x "$chromium" ]]; then
-  echo "setup: Chromium not found at $chromium. The console's tests drive it headless (apt-get install chromium, or set CHROMIUM=/path/to/chromium)." >&2
-  status=1
 fi
 exit $status
