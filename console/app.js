@@ -101,13 +101,14 @@ function defaultVersion(name) {
   return versions.find((model) => model.default) || versions[0];
 }
 
-// A model and its variants (archives whose model.json names it as their source), default versions only.
+// A model and its variants (archives whose model.json names it as their source): the version picked
+// of the model shown, the default version of the others.
 function family(model) {
   const base = model.variant_of || model.name;
   const names = [...new Set(state.models.filter((m) => m.modality === model.modality && (m.name === base || m.variant_of === base))
     .map((m) => m.name))];
   names.sort((a, b) => (a === base ? -1 : b === base ? 1 : a.localeCompare(b)));
-  return names.map(defaultVersion);
+  return names.map((name) => (name === model.name ? model : defaultVersion(name)));
 }
 
 function runtimeText(model) {
@@ -308,9 +309,15 @@ function inputHeaderList(reply) {
   return list;
 }
 
+// A panel's answer is shown only if it is still the one wanted: the input, the model and the panel's
+// latest request unchanged since it was sent (a target picked twice quickly, a new file meanwhile).
+const latestRequest = {};
+
 function panelBusy(id, text) {
   $(`${id}-body`).replaceChildren(element("p", {className: "note busy", text}));
   $(id).setAttribute("aria-busy", "true");
+  const ticket = {input: state.inputSerial, request: (latestRequest[id] = (latestRequest[id] || 0) + 1)};
+  return () => ticket.input === state.inputSerial && ticket.request === latestRequest[id];
 }
 
 function panelDone(id, ...children) {
@@ -322,10 +329,9 @@ async function runPredict() {
   const input = currentInput();
   if (!input || $("predict-button").disabled) return;
   const model = state.model;
-  const serial = state.inputSerial;
-  panelBusy("prediction", `asking ${model.name}…`);
+  const stillWanted = panelBusy("prediction", `asking ${model.name}…`);
   const reply = noteKey(await predict(state.key, model, input));
-  if (serial !== state.inputSerial) return;
+  if (!stillWanted()) return;
   if (!reply.ok) {
     panelDone("prediction", errorBox(reply.error), element("p", {className: "meta", text: `${model.name} ${model.version} · ${milliseconds(reply.milliseconds)}`}));
     return;
@@ -349,11 +355,10 @@ async function runExplain() {
   const input = currentInput();
   if (!input || $("explain-button").disabled) return;
   const model = state.model;
-  const serial = state.inputSerial;
   const options = explanationOptions();
-  panelBusy("explanation", `explaining with ${options.method}${options.noiseTunnel ? " and SmoothGrad" : ""}…`);
+  const stillWanted = panelBusy("explanation", `explaining with ${options.method}${options.noiseTunnel ? " and SmoothGrad" : ""}…`);
   const reply = noteKey(await explain(state.key, model, input, options));
-  if (serial !== state.inputSerial) return;
+  if (!stillWanted()) return;
   if (!reply.ok) {
     panelDone("explanation", errorBox(reply.error));
     return;
@@ -433,16 +438,15 @@ function median(values) {
 async function runCompare() {
   const input = currentInput();
   if (!input || $("compare-button").disabled) return;
-  const serial = state.inputSerial;
   const variants = family(state.model);
   const rounds = Math.max(1, Math.min(20, Number($("rounds-input").value) || 1));
-  panelBusy("comparison", `asking ${variants.map((m) => m.name).join(", ")}, ${rounds} round${rounds > 1 ? "s" : ""} each…`);
+  const stillWanted = panelBusy("comparison", `asking ${variants.map((m) => m.name).join(", ")}, ${rounds} round${rounds > 1 ? "s" : ""} each…`);
   const results = [];
   // One request at a time: run together, the models would share the CPU and each latency would carry the others'.
   for (const model of variants) {
     const replies = [];
     for (let round = 0; round < rounds; round++) replies.push(noteKey(await predict(state.key, model, input)));
-    if (serial !== state.inputSerial) return;
+    if (!stillWanted()) return;
     results.push({model, replies});
   }
   const cards = results.map(({model, replies}) => {

@@ -415,9 +415,11 @@ def test_the_key_leaves_the_address_bar_and_is_in_no_served_file(page, console_u
     key = console_url.split("#key=", 1)[1]
     open_console(page, console_url, "text_classifier")
     assert key not in page.url
-    for name in ("", "app.js", "api.js", "draw.js", "recorder.js", "recorder-worklet.js", "style.css", "models.json"):
+    served = ["", "models.json", *(path.name for path in (REPO_ROOT / "console").iterdir())]
+    for name in served:
         response = requests.get(f"{origin}/{name}", timeout=30)
         assert response.status_code == 200 and key not in response.text, name
+    assert requests.get(f"{origin}/../key_file.json", timeout=30).status_code == 404
 
 
 def test_a_keyboard_alone_picks_a_model_and_gets_an_answer(page, console_url):
