@@ -332,6 +332,11 @@ def test_a_text_explanation_highlights_one_span_per_token_at_its_offsets(page, c
     assert any(len(span["tokens"]) > 1 and span["text"] == "👋" for span in spans)
     assert page.inner_text(".highlighted-text") == text  # nothing dropped or doubled between the tokens
     screenshots(page, "text-explanation.png")
+    # SmoothGrad reaches the handler, and the redrawn explanation says it was used.
+    with page.expect_response(lambda response: "/explanations/text_classifier" in response.url) as answered:
+        page.check("#smoothgrad-check")
+    assert answered.value.json()["noise_tunnel"] is True
+    page.wait_for_function("() => document.querySelector('#explanation .meta')?.textContent.includes('SmoothGrad')")
 
 
 def test_a_truncated_text_says_so(page, console_url):
