@@ -178,6 +178,8 @@ function selectModel(name, version) {
   $("explanation-body").replaceChildren();
   $("comparison-body").replaceChildren();
   updateReadiness();
+  // Another model of the same modality (a variant, another version) answers the file already picked.
+  if (!modalityChanged && state.input) runPredict();
   const params = new URLSearchParams(location.hash.slice(1));
   params.set("model", name);
   history.replaceState(null, "", `#${params}`);
