@@ -14,7 +14,7 @@ EXPORTS  := $(MODELS:%=exports/%/model.json) $(VARIANTS:%=exports/%/model.json)
 ARCHIVES := $(MODELS:%=model_store/%.mar) $(VARIANTS:%=model_store/%.mar)
 SHARED_TRAINING := model_defs/__init__.py model_defs/registry.py model_defs/export.py train/__init__.py train/common.py
 
-.PHONY: setup exports archives serve stop test test-unit test-live bench soak kserve clean
+.PHONY: setup exports archives serve stop console test test-unit test-live bench soak kserve clean
 .DELETE_ON_ERROR:
 
 setup: $(SETUP)
@@ -59,6 +59,13 @@ serve: $(ARCHIVES)
 
 stop:
 	-$(VENV)/bin/torchserve --stop
+
+# A page in the browser for the running `make serve` (docs/console.md): try a model, see its explanation
+# drawn, compare its variants. Prints the URL (with the inference key in its fragment); Ctrl+C stops it.
+# CONSOLE_PORT=0 picks a free port.
+CONSOLE_PORT ?= 8090
+console: $(SETUP)
+	$(PY) -m scripts.console --port $(CONSOLE_PORT)
 
 $(KSERVE_SETUP): requirements-kserve.txt
 	test -x .venv-kserve/bin/python || $(PYTHON) -m venv .venv-kserve

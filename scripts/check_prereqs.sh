@@ -11,6 +11,12 @@ elif [[ "$version" != 3.11.* ]]; then
   echo "setup: $python is Python $version; the bundle needs 3.11 (make PYTHON=/path/to/python3.11 ...)." >&2
   status=1
 fi
+# The console's tests (tests/integration/test_console_live.py) run a real Chromium: Debian's, never a download.
+chromium=${CHROMIUM:-/usr/bin/chromium}
+if [[ ! -x "$chromium" ]]; then
+  echo "setup: Chromium not found at $chromium. The console's tests drive it headless (apt-get install chromium, or set CHROMIUM=/path/to/chromium)." >&2
+  status=1
+fi
 if ! command -v java >/dev/null 2>&1; then
   echo "setup: java not found. TorchServe's frontend needs Java 17 (e.g. apt-get install openjdk-17-jre-headless)." >&2
   status=1
