@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fails loudly, before anything is installed, when the interpreter, Java or Prometheus the bundle needs is missing.
+# Fails loudly, before anything is installed, when the interpreter, Java, Chromium or Prometheus the bundle needs is missing.
 set -uo pipefail
 python=${1:-python3.11}
 status=0
