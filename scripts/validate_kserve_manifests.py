@@ -10,7 +10,7 @@ path and the valid fields there, and each model's setters check required values 
 Beyond the schema, each predictor must set the variables that KServe's TorchServe front end reads to
 decide how long it waits for each model (MODEL_LOAD_DELAY, MODEL_LOAD_MAX_TRY, MODEL_LOAD_TIMEOUT, as
 whole seconds and counts it can int()): unset, its 30 s sleep after every model's check holds a pod of
-seven models unready for 3.5 minutes (deploy/kserve/inferenceservice-v1-cpu.yaml says why each value).
+seven models unready for 3.4 minutes (deploy/kserve/inferenceservice-v1-cpu.yaml says why each value).
 
 Runs in its own virtual environment (.venv-kserve, requirements-kserve.txt): the SDK pins versions
 of psutil and protobuf that TorchServe and ONNX in .venv need newer.
