@@ -89,14 +89,13 @@ def on_kserve_route(headers: Dict[str, Any]) -> bool:
 
 
 def _json_object(body) -> Optional[dict]:
-    """`body` (bytes) parsed, when it is a JSON object; None for anything else."""
+    """`body` (bytes) parsed, when it is a JSON object (it starts with "{" and parses); None otherwise."""
     if not JSON_OBJECT_START.match(body):
         return None
     try:
-        document = json.loads(bytes(body))
+        return json.loads(bytes(body))
     except ValueError:  # not UTF-8 or not JSON (UnicodeDecodeError is a ValueError)
         return None
-    return document if isinstance(document, dict) else None
 
 
 def unwrap(row: Dict[str, Any], kserve_route: bool = False) -> Request:
