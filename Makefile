@@ -5,6 +5,8 @@ PY     := $(VENV)/bin/python
 SETUP  := $(VENV)/.installed
 # The kserve SDK, only to check deploy/kserve/ against KServe's schema, in its own venv (its pins clash).
 KSERVE_SETUP := .venv-kserve/.installed
+# kserve 0.13, the runtime's own front end in front of TorchServe in the KServe live tests (docs/kserve.md).
+KSERVE_FRONTEND_SETUP := .venv-kserve-frontend/.installed
 MODELS := image_classifier text_classifier audio_classifier
 
 # Variants of the same models, served by the same handlers on ONNX Runtime (docs/onnx.md).
@@ -72,13 +74,18 @@ $(KSERVE_SETUP): requirements-kserve.txt
 	.venv-kserve/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-kserve.txt
 	touch $@
 
-test: $(EXPORTS) $(KSERVE_SETUP)
+$(KSERVE_FRONTEND_SETUP): requirements-kserve-frontend.txt
+	test -x .venv-kserve-frontend/bin/python || $(PYTHON) -m venv .venv-kserve-frontend
+	.venv-kserve-frontend/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-kserve-frontend.txt
+	touch $@
+
+test: $(EXPORTS) $(KSERVE_SETUP) $(KSERVE_FRONTEND_SETUP)
 	$(PY) -m pytest tests
 
 test-unit: $(EXPORTS) $(KSERVE_SETUP)
 	$(PY) -m pytest tests/unit
 
-test-live: $(EXPORTS)
+test-live: $(EXPORTS) $(KSERVE_SETUP) $(KSERVE_FRONTEND_SETUP)
 	$(PY) -m pytest tests/integration
 
 # Every model served at 1/4/16/64 clients against its in-process baseline, and the image handler against

@@ -16,8 +16,9 @@ its content), and provides these hooks:
 
 TorchServe imports handler modules top-level from the archive root, so this module and its
 neighbours (handler_settings, worker_threads, model_runtime, request_payloads, item_errors,
-out_of_memory, protocols, explanations, latency_histogram) are shipped flat beside them (archive.sh). TorchServe's loader also requires a handler
-module to define exactly one class: keep helper classes out of handler modules (here, or in model_defs).
+out_of_memory, protocols, request_ids, explanations, latency_histogram) are shipped flat beside them
+(archive.sh). TorchServe's loader also requires a handler module to define exactly one class: keep
+helper classes out of handler modules (here, or in model_defs).
 """
 import http
 import json
@@ -42,6 +43,7 @@ from item_errors import ItemError, PreparedBatch, internal_error, merge_headers
 from latency_histogram import LatencyHistograms, torchserve_counter_emitter
 from out_of_memory import OUT_OF_MEMORY_COUNTER, out_of_memory_error, probabilities_halving_on_out_of_memory
 from model_runtime import load_model
+from request_ids import ECHO_HEADER, client_request_id, log_label
 from request_payloads import extract_payload
 from worker_threads import WorkerThreads
 
@@ -276,7 +278,7 @@ class BatchClassifierHandler(BaseHandler):
         """One request → its (item, headers) pairs, one per instance its protocol carries (all or none:
         a bad instance fails its whole request)."""
         try:
-            request = protocols.unwrap(row)
+            request = protocols.unwrap(row, protocols.on_kserve_route(self.request_headers(index)))
         except protocols.ProtocolError as error:
             batch.requests[index] = error.request  # answered in its protocol's error form
             raise ItemError(400, "InvalidProtocolRequest", str(error)) from None
@@ -321,9 +323,14 @@ class BatchClassifierHandler(BaseHandler):
 
     def respond(self, batch: PreparedBatch) -> list:
         """One response per request, in the request's own protocol: its answer with its headers, or
-        its error as JSON."""
+        its error as JSON; each with the client's request ID echoed, and each error logged under its
+        IDs (request_ids.py)."""
         responses: List[Any] = [None] * batch.size
         request_ids = getattr(self.context, "request_ids", None) or {}
+        client_ids = [client_request_id(self.request_headers(index)) for index in range(batch.size)]
+        for index, client_id in enumerate(client_ids):
+            if client_id is not None:
+                self.context.set_response_header(index, ECHO_HEADER, client_id)
         for index, results in batch.answers.items():
             if index in batch.errors:
                 continue
@@ -335,4 +342,6 @@ class BatchClassifierHandler(BaseHandler):
             self.context.set_response_status(error.status, http.HTTPStatus(error.status).phrase, index)
             self.context.set_response_content_type(index, "application/json")
             responses[index] = json.dumps(protocols.render_error(batch.requests.get(index), error.body()))
+            logger.log(logging.ERROR if error.status >= 500 else logging.WARNING, "%s answered %d %s: %s",
+                       log_label(client_ids[index], request_ids.get(index)), error.status, error.error_type, error.message)
         return responses

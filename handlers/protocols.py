@@ -15,11 +15,28 @@ audio {"data": "<base64>"} (v2: the base64 string), for text {"text": "..."} or 
 A request with a bad instance is answered 400 in its protocol's error form, {"error": "..."}; the
 other requests of the batch are served.
 
+Which bodies are protocol requests. TorchServe's worker parses a body only when its Content-Type is
+application/json (text/* it decodes to str, anything else stays bytes), and KServe's own front end
+(kserve 0.13's Model.explain, what the runtime's wrapper inherits) posts to :explain with no
+Content-Type at all. So:
+  - an application/json body that is an object with "instances" (v1) or "inputs" (v2) is a protocol
+    request on every route, /predictions and /explanations included;
+  - on TorchServe's KServe routes (/v1/models/<m>:predict|:explain, /v2/models/<m>/infer|explain), a
+    body of any other type except text/* that parses as a JSON object is read as that JSON, as if it
+    were sent as application/json: a v1/v2 body is then a protocol request, whatever its Content-Type;
+  - a text/* body is always plain text, on every route: `-H 'Content-Type: text/plain'` classifies
+    the characters sent, even when they spell a v1 body;
+  - on /predictions and /explanations, a body without a JSON Content-Type is the content itself (raw
+    image, audio or UTF-8 text bytes), as before.
+A raw image or audio body never parses as JSON, so for those the rule changes nothing but the
+explain call; for text, it is the Content-Type that decides.
+
 The base handler sees every request through this module, a plain /predictions request included (a
 protocol of one instance, its row as it came): `unwrap` turns a request into its instances' rows,
 `render` and `render_error` turn their results into the request's answer. It holds no protocol branch.
 """
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
@@ -58,9 +75,38 @@ def _instance_rows(instances: List[Any]) -> List[Dict[str, Any]]:
     return [{"body": instance} for instance in instances]
 
 
-def unwrap(row: Dict[str, Any]) -> Request:
-    """The request's protocol and its instances' rows; a plain request is one instance, its own row."""
+# A JSON object's first byte, after any whitespace: what a body must start with to be worth parsing
+# (a multi-megabyte image is never decoded as text to find out that it is not JSON).
+JSON_OBJECT_START = re.compile(rb"[ \t\r\n]*\{")
+
+
+def on_kserve_route(headers: Dict[str, Any]) -> bool:
+    """Whether TorchServe received the request on one of its KServe routes. Its frontend (0.12,
+    InferenceRequestHandler) adds an `explain` header to the requests of /predictions, /explanations
+    and the KServe routes, and a `url_path` header only to /predictions and /explanations: the
+    worker sees no route otherwise."""
+    return "explain" in headers and "url_path" not in headers
+
+
+def _json_object(body) -> Optional[dict]:
+    """`body` (bytes) parsed, when it is a JSON object (it starts with "{" and parses); None otherwise."""
+    if not JSON_OBJECT_START.match(body):
+        return None
+    try:
+        return json.loads(bytes(body))
+    except ValueError:  # not UTF-8 or not JSON (UnicodeDecodeError is a ValueError)
+        return None
+
+
+def unwrap(row: Dict[str, Any], kserve_route: bool = False) -> Request:
+    """The request's protocol and its instances' rows; a plain request is one instance, its own row.
+    `kserve_route`: the request came on a KServe route (`on_kserve_route`), where an untyped JSON
+    body is read as JSON (the module's docstring says why)."""
     body = row.get("body")
+    if kserve_route and isinstance(body, (bytes, bytearray)):
+        document = _json_object(body)
+        if document is not None:
+            body, row = document, {**row, "body": document}
     if isinstance(body, dict):
         if "instances" in body:
             instances = body["instances"]

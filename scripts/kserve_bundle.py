@@ -6,14 +6,18 @@
 Copy the folder to any storage KServe reads (`gsutil cp -r`, `aws s3 sync`, a PVC) and point the
 manifests in deploy/kserve/ at it. KServe starts it as
     torchserve --start --model-store /mnt/models/model-store --ts-config /mnt/models/config/config.properties
-beside its wrapper on :8080, which forwards the clients' v1/v2 requests to TorchServe on :8085.
+beside its front end on :8080 (pytorch/serve's kserve_wrapper on kserve 0.13), which forwards the clients'
+v1/v2 requests to TorchServe's own KServe routes on :8085: /v1/models/<m>:predict and :explain,
+/v2/models/<m>/infer (docs/kserve.md; scripts/kserve_frontend.py runs the same code in the tests).
 
 What differs from `make serve`'s configuration, and why:
 - Inference and management share 127.0.0.1:8085: only the wrapper, in the same pod, talks to them;
   the wrapper owns 8080. Metrics listen on 0.0.0.0:8082 for Prometheus to scrape the pod.
-- Token authorization is off: the wrapper sends no token, so with it on its readiness check fails
-  and the model never becomes ready (pytorch/serve#3301). Access control moves to the mesh:
-  deploy/kserve/authorization-policy.yaml. TorchServe itself is reachable only from inside the pod.
+- Token authorization is off: the wrapper sends no token, so with it on, TorchServe refuses its
+  readiness check (400 InvalidKeyException), the wrapper gives every model up and the pod answers
+  503 for each (pytorch/serve#3301; shown live in tests/integration/test_kserve_live.py). Access
+  control moves to the mesh: deploy/kserve/authorization-policy.yaml. TorchServe itself is reachable
+  only from inside the pod.
 - enable_envvars_config=false: KServe sets TS_SERVICE_ENVELOPE=kserve|kservev2, and TorchServe would
   then apply its own envelopes, which answer only the first request of a batch (pytorch/serve#2158,
   #1302). The handlers here read v1 and v2 bodies themselves (handlers/protocols.py), batch by batch,

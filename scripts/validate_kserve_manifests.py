@@ -7,6 +7,11 @@ down, with the Kubernetes client's models for containers and resources). Loading
 deserializer would drop an unknown key silently; here an unknown or misspelt field fails, naming its
 path and the valid fields there, and each model's setters check required values and enums.
 
+Beyond the schema, each predictor must set the variables that KServe's TorchServe front end reads to
+decide how long it waits for each model (MODEL_LOAD_DELAY, MODEL_LOAD_MAX_TRY, MODEL_LOAD_TIMEOUT, as
+whole seconds and counts it can int()): unset, its 30 s sleep after every model's check holds a pod of
+seven models unready for 3.4 minutes (deploy/kserve/inferenceservice-v1-cpu.yaml says why each value).
+
 Runs in its own virtual environment (.venv-kserve, requirements-kserve.txt): the SDK pins versions
 of psutil and protobuf that TorchServe and ONNX in .venv need newer.
 """
@@ -20,6 +25,9 @@ import yaml
 import kserve.models as kserve_models
 
 PRIMITIVES = {"str": str, "int": int, "float": (int, float), "bool": bool, "object": object}
+# What pytorch/serve's kserve_wrapper reads (int(os.environ.get(...))), each with the least that works:
+# a delay of 0 spends every try before TorchServe listens.
+LOAD_VARIABLES = {"MODEL_LOAD_DELAY": 1, "MODEL_LOAD_MAX_TRY": 1, "MODEL_LOAD_TIMEOUT": 1}
 
 
 class ManifestError(ValueError):
@@ -64,6 +72,20 @@ def build(type_name: str, value, path: str):
         raise ManifestError(f"{path}: {error}") from None
 
 
+def check_load_variables(model, where: str) -> None:
+    """The predictor's MODEL_LOAD_* variables are set, each a whole number the wrapper can int()."""
+    env = {variable.name: variable.value for variable in model.env or []}
+    missing = [name for name in LOAD_VARIABLES if name not in env]
+    if missing:
+        raise ManifestError(f"{where}: spec.predictor.model.env sets no {', '.join(missing)}: KServe's TorchServe "
+                            f"front end then waits its defaults (30 s after every model's check)")
+    for name, least in LOAD_VARIABLES.items():
+        value = env[name]
+        if not (isinstance(value, str) and re.fullmatch(r"[0-9]+", value) and int(value) >= least):
+            raise ManifestError(f"{where}: {name} must be a whole number of at least {least} (the front end "
+                                f"int()s it), got {value!r}")
+
+
 def validate(path: Path) -> list:
     """Every document of the file, each an InferenceService, built into the SDK's models."""
     built = []
@@ -74,6 +96,9 @@ def validate(path: Path) -> list:
         service = build("V1beta1InferenceService", document, where)
         if service.spec is None or service.spec.predictor is None:
             raise ManifestError(f"{where}: spec.predictor is required")
+        if service.spec.predictor.model is None:
+            raise ManifestError(f"{where}: spec.predictor.model is required (the pytorch model format)")
+        check_load_variables(service.spec.predictor.model, where)
         built.append(service)
     return built
 
@@ -89,8 +114,10 @@ def main(paths) -> int:
             continue
         for service in services:
             model = service.spec.predictor.model
+            env = {variable.name: variable.value for variable in model.env}
             print(f"valid: {path} ({service.metadata.name}: {model.model_format.name}, protocol {model.protocol_version}, "
-                  f"runtime {model.runtime_version})")
+                  f"runtime {model.runtime_version}, models checked every {env['MODEL_LOAD_DELAY']} s, "
+                  f"{env['MODEL_LOAD_MAX_TRY']} tries)")
     return 1 if failed or not paths else 0
 
 

@@ -92,12 +92,15 @@ class ItemResponse:
 
 
 def run_batch(handler, context, rows: List[dict], explain: Sequence[bool] = (),
-              headers: Sequence[Dict[str, str]] = ()) -> List[ItemResponse]:
-    """`explain[i]` marks request i as TorchServe's frontend marks an /explanations request;
-    `headers[i]` are request i's HTTP headers."""
+              headers: Sequence[Dict[str, str]] = (), kserve_route: bool = False) -> List[ItemResponse]:
+    """Requests as TorchServe's frontend hands them over from /predictions, or /explanations where
+    `explain[i]`: with the `explain` and `url_path` headers it adds there. `kserve_route`: from its
+    KServe routes instead (/v1/models/<m>:predict or :explain, /v2/models/<m>/infer), which add no
+    `url_path` (protocols.on_kserve_route). `headers[i]` are request i's own HTTP headers."""
     explain = list(explain) or [False] * len(rows)
     headers = list(headers) or [{} for _ in rows]
-    context.request_processor = [RequestProcessor({**own, **({"explain": "True"} if flag else {})})
+    route = {} if kserve_route else {"url_path": ""}
+    context.request_processor = [RequestProcessor({**own, "explain": str(flag), **route})
                                  for flag, own in zip(explain, headers)]
     context.request_ids = {i: f"request-{i}" for i in range(len(rows))}
     context.metrics.request_ids = context.request_ids

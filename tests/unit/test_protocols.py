@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+import protocols
 from export_paths import export_dir
 from tests.support.harness import load_handler, predict, run_batch, worker_row
 from train.synthetic_shapes import render_shape
@@ -139,3 +140,67 @@ def test_v2_explain_answers_each_explanation_as_a_json_string(text):
     assert output["name"] == "explanations" and output["shape"] == [1]
     explanation = json.loads(output["data"][0])
     assert explanation["target"] == "cancel" and explanation["tokens"][1]["token"] == "cancel"
+
+
+# ---- which bodies are protocol requests: route and Content-Type (protocols.py's docstring) ----------
+def untyped_row(document) -> dict:
+    """A JSON document sent with no Content-Type, as kserve's front end sends its :explain call: the
+    worker hands it over as bytes."""
+    return worker_row(json.dumps(document), content_type="")
+
+
+def test_torchserve_marks_its_kserve_routes_by_the_headers_it_adds():
+    # As TorchServe 0.12's frontend adds them (seen on a live server): /predictions and /explanations
+    # carry explain and url_path, the KServe routes explain only, the legacy /<m>/predict neither.
+    assert protocols.on_kserve_route({"explain": "True", "Content-Length": "18"})
+    assert not protocols.on_kserve_route({"explain": "False", "url_path": ""})
+    assert not protocols.on_kserve_route({"explain": "True", "url_path": "extra"})
+    assert not protocols.on_kserve_route({})
+
+
+@pytest.mark.parametrize("document,protocol", [
+    ({"instances": [{"data": "aGk="}]}, protocols.V1),
+    (v2_body(["aGk="], request_id="7"), protocols.V2),
+])
+def test_on_a_kserve_route_an_untyped_protocol_body_is_a_protocol_request(document, protocol):
+    request = protocols.unwrap(untyped_row(document), kserve_route=True)
+    assert request.protocol == protocol and request.rows == [{"body": {"data": "aGk="} if protocol == protocols.V1 else "aGk="}]
+    # The other side: on /predictions and /explanations, the same bytes stay the content itself.
+    plain = protocols.unwrap(untyped_row(document), kserve_route=False)
+    assert plain.protocol == protocols.PLAIN and isinstance(plain.rows[0]["body"], bytearray)
+
+
+def test_on_a_kserve_route_text_plain_stays_text_and_other_bodies_stay_as_sent():
+    as_text = worker_row(json.dumps({"instances": ["hello"]}), "text/plain")
+    assert protocols.unwrap(as_text, kserve_route=True) == protocols.Request(protocols.PLAIN, [as_text])
+    for content in (b"please cancel", b"[1, 2]", b"42", b"{not json", base64.b64decode(png("star")), b"\xff{"):
+        row = worker_row(content, content_type="")
+        assert protocols.unwrap(row, kserve_route=True) == protocols.Request(protocols.PLAIN, [row])
+    # A JSON object that is no protocol body is read as the JSON it is, as if sent as application/json.
+    assert protocols.unwrap(untyped_row({"text": "hi"}), kserve_route=True).rows == [{"body": {"text": "hi"}}]
+
+
+def test_kserves_untyped_explain_call_is_explained_for_images(image):
+    handler, context = image
+    body = {"instances": [{"data": png("ring"), "target": "circle"}]}  # one: a batch's explanations share a time budget
+    (kserve, direct) = [run_batch(handler, context, [untyped_row(body)], explain=[True], kserve_route=route)[0]
+                        for route in (True, False)]
+    assert kserve.status == 200, kserve.body
+    assert [e["target"] for e in kserve.body["explanations"]] == ["circle"]
+    # Sent untyped to /explanations, the body is the content itself, and JSON is no image.
+    assert direct.status == 400 and direct.body["type"] == "UndecodableImage"
+
+
+def test_for_text_the_content_type_decides_between_a_protocol_request_and_plain_text(text):
+    handler, context = text
+    body = {"instances": ["please cancel my subscription", "where is my parcel"]}
+    untyped, typed_text = run_batch(handler, context, [untyped_row(body), worker_row(json.dumps(body), "text/plain")],
+                                    kserve_route=True)
+    assert [next(iter(p)) for p in untyped.body["predictions"]] == ["cancel", "shipping"]
+    # text/plain: the characters of the v1 body, classified as one text and answered plainly, as on /predictions.
+    (on_predictions,) = predict(text, worker_row(json.dumps(body), "text/plain"))
+    assert typed_text.status == 200 and typed_text.body == pytest.approx(on_predictions.body, abs=1e-6)
+    assert "X-Text-Tokens" in typed_text.headers and "," not in typed_text.headers["X-Text-Tokens"]
+    (explained,) = run_batch(handler, context, [untyped_row({"instances": ["please cancel my subscription"]})],
+                             explain=[True], kserve_route=True)
+    assert explained.body["explanations"][0]["target"] == "cancel"
