@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from tests.support import user_models as users
-from tests.support.harness import REPO_ROOT, load_handler, predict, worker_row
+from tests.support.harness import REPO_ROOT, explain, load_handler, predict, worker_row
 from train import import_model
 
 SHAPES_32 = ["--crop", "32", "--resize", "32"]  # the demo image model's preprocessing (ImageNet mean and std)
@@ -325,3 +325,16 @@ def test_the_command_exits_2_with_one_line_not_a_traceback(user_files, tmp_path)
     assert result.returncode == 2
     assert result.stderr.startswith("python -m train.import_model: error: ") and "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- explanations follow the runtime ------------------------------------------------------------------
+def test_an_imported_torchscript_image_model_is_explained_and_an_onnx_graph_says_why_not(user_files, exports_dir):
+    image = users.shape_images(1, seed=4)[0]
+    assert image_import(user_files, "torchscript", "scripted")[0] == 0
+    (response,) = explain(handler_for(exports_dir / "scripted", "torchscript"), worker_row(image, "image/png"))
+    assert response.status == 200 and len(response.body["attributions"]) == 14
+    assert image_import(user_files, "onnx", "graph")[0] == 0
+    (response,) = explain(handler_for(exports_dir / "graph", "onnxruntime"), worker_row(image, "image/png"))
+    assert response.status == 400 and response.body["type"] == "ExplanationsUnavailable"
+    assert response.body["message"] == ("graph runs on ONNX Runtime, which Captum cannot take gradients through: "
+                                        "import the model's weights instead of its ONNX graph to explain it")
