@@ -585,6 +585,14 @@ def near_chance_warning(evaluation: Evaluation, args, spec: dict) -> str:
 
 
 # ---- main ---------------------------------------------------------------------------------------------
+def shown_path(path: Path) -> str:
+    """`path` as the user would type it from where they are: relative under the working directory."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def main(args) -> dict:
     started = time.perf_counter()
     use_all_cores()
@@ -644,7 +652,7 @@ def main(args) -> dict:
               f"chance {evaluation.chance:.4f})")
         if evaluation.near_chance:
             print(near_chance_warning(evaluation, args, spec), file=sys.stderr)
-    print(f"export: {out} (format {format_version_of(spec)}), {time.perf_counter() - started:.1f}s. "
+    print(f"export: {shown_path(out)} (format {format_version_of(spec)}), {time.perf_counter() - started:.1f}s. "
           f"Serve it: ./archive.sh {args.name} && make serve")
     return spec
 
