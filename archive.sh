@@ -69,8 +69,10 @@ for name in "${names[@]}"; do
     [[ $runtime == onnxruntime ]] && default_config=${modality}_classifier_onnx
     config=$configs_dir/$default_config.yaml
     [[ -f $config ]] || { echo "archive.sh: no model-config for $name: expected $configs_dir/$name.yaml, or the default $config" >&2; exit 1; }
-    echo "archive.sh: $name has no model-config of its own ($configs_dir/$name.yaml): using $config, the $modality default" \
-         "for the $runtime runtime; copy it to $configs_dir/$name.yaml to set workers, batching or limits for $name"
+    shown=${configs_dir#"$repo"/}  # configs/, as the user types it from the checkout
+    echo "archive.sh: $name has no model-config of its own ($shown/$name.yaml): using $shown/$default_config.yaml," \
+         "the $modality default for the $runtime runtime; copy it to $shown/$name.yaml to set workers, batching or" \
+         "limits for $name"
   fi
 
   stage=$stage_root/$name

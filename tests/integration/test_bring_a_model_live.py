@@ -120,8 +120,8 @@ def test_every_form_of_the_page_imports_and_archives_with_the_default_configs(pa
     assert "stripped the prefix module. from every key" in output
     assert "stripped the prefix model., _orig_mod. from every key" in output
     assert "the graph's batch is fixed at 1: batches run one item at a time" in output
-    assert re.search(r"archive.sh: shapes_onnx has no model-config of its own .*: using \S*/configs/"
-                     r"image_classifier_onnx.yaml, the image default for the onnxruntime runtime", output)
+    assert ("archive.sh: shapes_onnx has no model-config of its own (configs/shapes_onnx.yaml): using "
+            "configs/image_classifier_onnx.yaml, the image default for the onnxruntime runtime") in output
     accuracies = re.findall(r"accuracy on /tmp/bring-a-model/(\S+): ([0-9.]+)", output)
     print(f"\naccuracy of the page's imports on their --data: {', '.join(f'{data} {value}' for data, value in accuracies)}")
     tuned = re.search(r"held-out accuracy: ([0-9.]+) on (\d+) images", output)
