@@ -338,3 +338,24 @@ def test_an_imported_torchscript_image_model_is_explained_and_an_onnx_graph_says
     assert response.status == 400 and response.body["type"] == "ExplanationsUnavailable"
     assert response.body["message"] == ("graph runs on ONNX Runtime, which Captum cannot take gradients through: "
                                         "import the model's weights instead of its ONNX graph to explain it")
+
+
+# ---- variants of an import -----------------------------------------------------------------------------
+def test_an_imported_export_gets_its_onnx_and_int8_variants_and_torchscript_is_refused(user_files, exports_dir, capsys):
+    from train import export_onnx
+
+    assert image_import(user_files, "plain", "shapes", "--data", user_files["shapes"])[0] == 0
+    # The int8 variant calibrates and evaluates on the import's --data, whose folders are sorted otherwise
+    # than the model's labels: they are matched by name.
+    for argv in (["shapes"], ["shapes", "--int8", "--calibration-size", "24"]):
+        export_onnx.main(export_onnx.get_args_parser().parse_args([*argv, "--exports-dir", str(exports_dir)]))
+    int8 = json.loads((exports_dir / "shapes_int8" / "model.json").read_text())
+    assert int8["metrics"]["heldout_accuracy_fp32"] >= 0.9 and int8["metrics"]["accuracy_drop_points"] <= 1.0
+    assert image_import(user_files, "torchscript", "scripted")[0] == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit:
+        export_onnx.main(export_onnx.get_args_parser().parse_args(["scripted", "--exports-dir", str(exports_dir)]))
+    assert exit.value.code == 2
+    assert capsys.readouterr().err == (f"python -m train.export_onnx: error: {exports_dir / 'scripted'} is an imported "
+                                       "TorchScript archive, which has no weights to export: import the model's weights "
+                                       "(a state_dict) instead, or export its ONNX graph yourself and import that\n")
