@@ -122,7 +122,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 # ---- labels ---------------------------------------------------------------------------------------
-def read_labels(path: Path) -> List[str]:
+def read_labels_file(path: Path) -> List[str]:
     """Labels in output order from one label a line, a JSON list, or an index_to_name.json
     ({"0": "cat"}, or ImageNet's {"0": ["n01440764", "tench"]}); CommandError on a blank or repeated one."""
     if not path.is_file():
@@ -556,7 +556,7 @@ def near_chance_warning(evaluation: Evaluation, args, spec: dict) -> str:
     labels = evaluation.labels
     swapped = evaluation.mostly_answered()
     examples = ", ".join(f"{labels[t]!r} mostly answered {labels[p]!r}" for t, p in list(swapped.items())[:3])
-    order = (f"labels in another order than the model's outputs (--labels: line i names output i)"
+    order = ("labels in another order than the model's outputs (--labels: line i names output i)"
              + (f"; here {examples}" if examples else ""))
     causes = [order]
     if args.modality == "image":
@@ -579,7 +579,7 @@ def near_chance_warning(evaluation: Evaluation, args, spec: dict) -> str:
         f"{evaluation.near_chance_below:.3f}, a quarter of the way from chance to perfect).",
         "The model answers, but not with these labels. Likely causes:",
         *(f"  - {cause}" for cause in causes),
-        f"The export is written, with this accuracy in its model.json: fix the cause and import again.",
+        "The export is written, with this accuracy in its model.json: fix the cause and import again.",
         bar,
     ])
 
@@ -600,7 +600,7 @@ def main(args) -> dict:
         raise CommandError(f"--name {args.name!r}: a model name is letters, digits, '_', '-' and '.', starting with "
                            "a letter or digit (TorchServe's rule)")
     out = args.out or exports_dir() / args.name
-    labels = read_labels(args.labels)
+    labels = read_labels_file(args.labels)
     preprocessing = preprocessing_of(args)
     try:
         model_file = read_model_file(args.weights, trust_pickle=args.trust_pickle, checkpoint_key=args.checkpoint_key)

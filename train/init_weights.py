@@ -18,6 +18,7 @@ gives it a lower learning rate (--freeze-backbone, --backbone-lr-scale).
 """
 import argparse
 import os
+import re
 import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,9 @@ from model_defs.checkpoints import (CheckpointError, file_provenance, fit_state_
                                     read_model_file)
 from model_defs.export import MODEL_JSON, WEIGHTS_FILE, read_labels, read_spec
 from train.common import CommandError
+
+# IMAGENET1K_V1, DEFAULT, or with its enum: ResNet50_Weights.IMAGENET1K_V2 (torchvision's spellings).
+TORCHVISION_WEIGHTS_NAME = re.compile(r"^([A-Za-z0-9_]+_Weights\.)?[A-Z][A-Z0-9_]*$")
 
 
 @dataclass
@@ -102,7 +106,7 @@ def resolve(source: str, *, modality: str, arch: Optional[str], trust_pickle: bo
                                "(a state_dict, a checkpoint or .safetensors), not a serialized graph")
         return InitialWeights(model_file.state_dict, f"{path} ({model_file.description})",
                               {**file_provenance(path), "form": model_file.form})
-    if modality == "image" and not any(separator in source for separator in "/\\") and not path.suffix:
+    if modality == "image" and TORCHVISION_WEIGHTS_NAME.match(source):
         return from_torchvision(source, arch)
     raise CommandError(f"--init-weights {source}: no such file or export folder"
                        + ("; nor a torchvision weights name (IMAGENET1K_V1, DEFAULT)" if modality == "image" else ""))

@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence
 

@@ -147,7 +147,7 @@ def test_the_imagenet_preset_is_the_default_and_says_what_it_assumes(user_files,
 ])
 def test_labels_come_one_a_line_as_a_json_list_or_an_index_to_name(tmp_path, name, content):
     (tmp_path / name).write_text(content)
-    assert import_model.read_labels(tmp_path / name) == ["circle", "square", "triangle"]
+    assert import_model.read_labels_file(tmp_path / name) == ["circle", "square", "triangle"]
 
 
 # ---- --data: accuracy, and a loud warning near chance --------------------------------------------------

@@ -80,15 +80,16 @@ def test_the_same_labels_keep_the_head(tmp_path, capsys, restore_torch_threads):
     assert torch.equal(load_export(tmp_path / "same").model.fc.weight, users.image_module().fc.weight)
 
 
+@pytest.mark.parametrize("name", ["IMAGENET1K_V1", "ResNet18_Weights.IMAGENET1K_V1"])
 def test_torchvision_weights_load_through_torchvisions_loader_from_the_hub_cache(tmp_path, monkeypatch, three_shapes,
-                                                                                  capsys, restore_torch_threads):
+                                                                                  capsys, restore_torch_threads, name):
     # A file put where torchvision looks (offline, the user's only way): random weights, torchvision's file name.
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     cached = tmp_path / "torch_home" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     cached.parent.mkdir(parents=True)
     pretrained = torchvision.models.resnet18()
     torch.save(pretrained.state_dict(), cached)
-    status, _ = train("image", "--data", three_shapes, "--epochs", "0", "--init-weights", "IMAGENET1K_V1",
+    status, _ = train("image", "--data", three_shapes, "--epochs", "0", "--init-weights", name,
                       "--out", tmp_path / "imagenet")
     assert status == 0
     assert (f"initial weights: torchvision's ResNet18_Weights.IMAGENET1K_V1 ({cached}); the classifier head "
