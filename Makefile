@@ -7,14 +7,14 @@ SETUP  := $(VENV)/.installed
 KSERVE_SETUP := .venv-kserve/.installed
 MODELS := image_classifier text_classifier audio_classifier
 
-# Variants of the same models, served by the same handlers on ONNX Runtime (README, "ONNX Runtime and int8").
+# Variants of the same models, served by the same handlers on ONNX Runtime (docs/onnx.md).
 VARIANTS := $(MODELS:%=%_onnx) image_classifier_int8
 
 EXPORTS  := $(MODELS:%=exports/%/model.json) $(VARIANTS:%=exports/%/model.json)
 ARCHIVES := $(MODELS:%=model_store/%.mar) $(VARIANTS:%=model_store/%.mar)
 SHARED_TRAINING := model_defs/__init__.py model_defs/registry.py model_defs/export.py train/__init__.py train/common.py
 
-.PHONY: setup exports archives serve stop test test-unit test-live bench soak kserve clean
+.PHONY: setup exports archives serve stop console test test-unit test-live bench soak kserve clean
 .DELETE_ON_ERROR:
 
 setup: $(SETUP)
@@ -27,7 +27,7 @@ $(SETUP): requirements.txt scripts/check_prereqs.sh
 	touch $@
 
 # A demo export is retrained when it is missing or older than the code that produced it.
-# (Train on your own data with `$(PY) -m train.<modality> --data ...`; see README.)
+# (Train on your own data with `$(PY) -m train.<modality> --data ...`; see docs/your-model.md.)
 exports/image_classifier/model.json: train/image.py train/synthetic_shapes.py model_defs/image.py $(SHARED_TRAINING) | $(SETUP)
 	$(PY) -m train.image
 exports/text_classifier/model.json: train/text.py train/synthetic_messages.py model_defs/text.py $(SHARED_TRAINING) | $(SETUP)
@@ -50,7 +50,7 @@ model_store/%.mar: exports/%/model.json configs/%.yaml archive.sh $(wildcard han
 
 archives: $(ARCHIVES)
 
-# The folder KServe's TorchServe runtime reads (kserve/config, kserve/model-store): README, "KServe".
+# The folder KServe's TorchServe runtime reads (kserve/config, kserve/model-store): docs/kserve.md.
 kserve: $(ARCHIVES)
 	$(PY) -m scripts.kserve_bundle
 
@@ -59,6 +59,13 @@ serve: $(ARCHIVES)
 
 stop:
 	-$(VENV)/bin/torchserve --stop
+
+# A page in the browser for the running `make serve` (docs/console.md): try a model, see its explanation
+# drawn, compare its variants. Prints the URL (with the inference key in its fragment); Ctrl+C stops it.
+# CONSOLE_PORT=0 picks a free port.
+CONSOLE_PORT ?= 8090
+console: $(SETUP)
+	$(PY) -m scripts.console --port $(CONSOLE_PORT)
 
 $(KSERVE_SETUP): requirements-kserve.txt
 	test -x .venv-kserve/bin/python || $(PYTHON) -m venv .venv-kserve
@@ -75,14 +82,14 @@ test-live: $(EXPORTS)
 	$(PY) -m pytest tests/integration
 
 # Every model served at 1/4/16/64 clients against its in-process baseline, and the image handler against
-# TorchServe's stock one (not a test; ~15 min on 2 cores). Results in bench/results/ (README, "Benchmark");
+# TorchServe's stock one (not a test; ~15 min on 2 cores). Results in bench/results/ (docs/benchmark.md);
 # options: $(PY) -m bench.bench --help, e.g. make bench BENCH_ARGS='--models text_classifier --seconds 4'.
 bench: $(EXPORTS)
 	$(PY) -m bench.bench $(BENCH_ARGS)
 
 # Every model at once at about half the server's capacity for SOAK_SECONDS (default 10 min) on a
 # TorchServe of its own: errors, p99 first/last minute, worker RSS drift, fds and threads; exits 1 on
-# any error or an RSS drift of 5% or more. `make test` runs a 60 s version (README: Production notes).
+# any error or an RSS drift of 5% or more. `make test` runs a 60 s version (docs/production.md).
 SOAK_SECONDS ?= 600
 soak: $(EXPORTS)
 	$(PY) -m bench.soak --seconds $(SOAK_SECONDS)

@@ -91,7 +91,11 @@ for name in "${names[@]}"; do
   # Built aside in the model store's own file system, then renamed into place: an interrupted run
   # never leaves a half-written archive where TorchServe would load it.
   aside=$(mktemp -d "$model_store/.archiving-XXXXXX")
-  "$archiver" --force --model-name "$name" --version "$version" \
+  # torch-model-archiver stages the archive's files in $TMPDIR/<model name>: two runs for the same
+  # model at once (a second version, a test beside a benchmark) would mix their files. Give each its own
+  # (not $stage_root itself: there $stage_root/<model name> is our staging folder).
+  mkdir -p "$stage_root/archiver"
+  TMPDIR=$stage_root/archiver "$archiver" --force --model-name "$name" --version "$version" \
     --serialized-file "$serialized" --handler "$handler" \
     --extra-files "$stage" --config-file "$config" --export-path "$aside"
   mv -f "$aside/$name.mar" "$model_store/$mar"

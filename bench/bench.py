@@ -205,7 +205,7 @@ def sweep(server: Server, model: str, body: bytes, content_type: str, concurrenc
 
 def explanation_ms(server: Server, model: str, payload: ModelInput, count: int) -> Optional[float]:
     """Median latency of `count` explanations sent one after another; None for a model whose runtime has
-    none (a model on ONNX Runtime answers 400 naming the eager model, README)."""
+    none (a model on ONNX Runtime answers 400 naming the eager model: docs/explanations.md)."""
     if not payload.kind.explainable:
         return None
     request = Request(f"{server.url}/explanations/{model}", payload.body,

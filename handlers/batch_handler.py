@@ -16,7 +16,7 @@ its content), and provides these hooks:
 
 TorchServe imports handler modules top-level from the archive root, so this module and its
 neighbours (handler_settings, worker_threads, model_runtime, request_payloads, item_errors,
-out_of_memory, protocols, explanations) are shipped flat beside them (archive.sh). TorchServe's loader also requires a handler
+out_of_memory, protocols, explanations, latency_histogram) are shipped flat beside them (archive.sh). TorchServe's loader also requires a handler
 module to define exactly one class: keep helper classes out of handler modules (here, or in model_defs).
 """
 import http
@@ -35,15 +35,22 @@ from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 import protocols
-from explanations import AttributionInput, ExplanationOptions, ExplanationSettings, explain_requests, round_floats
+from explanations import (EXPLANATIONS_REFUSED_COUNTER, AttributionInput, ExplanationOptions, ExplanationSettings,
+                          explain_requests, round_floats)
 from handler_settings import PRECISIONS, CoreSettings
 from item_errors import ItemError, PreparedBatch, internal_error, merge_headers
-from out_of_memory import out_of_memory_error, probabilities_halving_on_out_of_memory
+from latency_histogram import LatencyHistograms, torchserve_counter_emitter
+from out_of_memory import OUT_OF_MEMORY_COUNTER, out_of_memory_error, probabilities_halving_on_out_of_memory
 from model_runtime import load_model
 from request_payloads import extract_payload
 from worker_threads import WorkerThreads
 
 logger = logging.getLogger(__name__)
+
+
+# The handler's counters (per model: ModelName, Level): batches run, forward passes that ran out of
+# memory (each split in halves counts), explanation requests refused past the batch's time budget.
+COUNTERS = ("ts_handler_batches", OUT_OF_MEMORY_COUNTER, EXPLANATIONS_REFUSED_COUNTER)
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,7 @@ class BatchClassifierHandler(BaseHandler):
     explanations_unavailable: Optional[str] = None
     # True where item_from_content's decoding releases the GIL (PIL's JPEG decoder, resampling in torch):
     # a batch's requests are then decoded on the worker's torch threads at once, not one after another.
-    # On a 12-megapixel photo decoding costs more than the model (README, "Benchmark"), so a worker
+    # On a 12-megapixel photo decoding costs more than the model (docs/benchmark.md), so a worker
     # with two threads serves about twice the photos; where decoding is cheap, threads only add overhead.
     decode_in_threads = False
 
@@ -93,6 +100,9 @@ class BatchClassifierHandler(BaseHandler):
         export = loaded.export
         self.model, self.spec, self.labels = export.model, export.spec, export.labels
         self.load_modality(export)
+        self.latency_histograms = (LatencyHistograms(context.model_name, torchserve_counter_emitter())
+                                   if self.settings.latency_histograms else None)
+        self.announce_counters()
         self.initialized = True
         logger.info(
             "%s ready on %s: arch=%s runtime=%s labels=%d threads=%d precision=%s", context.model_name, self.device,
@@ -117,6 +127,16 @@ class BatchClassifierHandler(BaseHandler):
             self.context.metrics.add_metric(name, value, "count", None,
                                             self.metric_dimensions(WorkerPid=str(os.getpid())),
                                             MetricTypes.GAUGE)
+
+    def announce_counters(self) -> None:
+        """Every counter the handler keeps, sent at zero when the worker starts. A series appears on
+        /metrics with its first value, and rate() and increase() cannot see the increment that created
+        it: a model's first out-of-memory split would never alert. Sent again by a restarted worker,
+        zero adds nothing."""
+        for name in COUNTERS:
+            self.context.metrics.add_counter(name, 0, None, self.metric_dimensions())
+        if self.latency_histograms is not None:
+            self.latency_histograms.announce()
 
     # ---- hooks for modality handlers -------------------------------------------------------
     def load_modality(self, export) -> None:
@@ -166,11 +186,13 @@ class BatchClassifierHandler(BaseHandler):
             return [self.describe_handle()]
         self.worker_threads.follow_live_workers()
         batch = self.preprocess(data)
+        forwarded, forward_started = len(set(batch.valid_indices)), time.perf_counter()
         try:
             batch = self.inference(batch)
         except Exception:
             logger.exception("the forward pass failed for a batch of %d", len(batch.valid_indices))
             batch.fail_valid_items(internal_error())
+        forward_seconds = time.perf_counter() - forward_started
         try:
             batch = self.postprocess(batch)
         except Exception:
@@ -183,7 +205,11 @@ class BatchClassifierHandler(BaseHandler):
         # HandlerTime is a gauge on the metrics endpoint (its last value): this counter is what tells
         # how many batches the model ran, and so the batch size formed (requests / batches).
         context.metrics.add_counter("ts_handler_batches", 1, None, self.metric_dimensions())
-        return self.respond(batch)
+        responses = self.respond(batch)
+        if self.latency_histograms is not None:
+            self.latency_histograms.observe(time.perf_counter() - started, len(data),
+                                            forward_seconds if forwarded else None, forwarded)
+        return responses
 
     def request_headers(self, index: int) -> Dict[str, Any]:
         """Request `index`'s HTTP headers as the worker received them ({} where the context has none)."""

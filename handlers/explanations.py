@@ -38,6 +38,10 @@ METHODS = ("integrated_gradients", "gradient_shap")
 # cannot buy itself more compute than the model's responseTimeout was sized for.
 REQUEST_OPTIONS = ("target", "method", "noise_tunnel", "visualize")
 TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+BUDGET_SPENT = "ExplanationBudgetSpent"
+# Explanation requests answered 503 BUDGET_SPENT, per model: how often clients must retry, and so
+# whether explain_budget_seconds (or the explanations' cost) suits the traffic.
+EXPLANATIONS_REFUSED_COUNTER = "ts_handler_explanations_refused"
 
 
 @dataclass(frozen=True)
@@ -186,6 +190,9 @@ def explain_requests(handler, batch: PreparedBatch, indices: List[int]) -> None:
             # Attribution runs many forward passes at once (explain_internal_batch_size): the likeliest
             # place to run out of memory, and the client's to retry or ask a cheaper method for.
             batch.errors[index] = out_of_memory_error(handler.device) if is_out_of_memory(error) else internal_error()
+    refused = sum(1 for index in indices if getattr(batch.errors.get(index), "error_type", None) == BUDGET_SPENT)
+    if refused:  # one metric line per batch that refused any
+        handler.context.metrics.add_counter(EXPLANATIONS_REFUSED_COUNTER, refused, None, handler.metric_dimensions())
 
 
 def explain_item(handler, batch: PreparedBatch, index: int, position: int, row: Dict[str, Any]) -> Dict[str, Any]:
@@ -212,7 +219,7 @@ def explain_item(handler, batch: PreparedBatch, index: int, position: int, row: 
 
 
 def over_budget_error(budget_seconds: float) -> ItemError:
-    return ItemError(503, "ExplanationBudgetSpent",
+    return ItemError(503, BUDGET_SPENT,
                      f"this batch spent its {budget_seconds:g} s explanation budget before reaching this request; retry it")
 
 

@@ -65,6 +65,7 @@ class CoreSettings(SettingsSchema):
     precision: str = setting("fp32", choices=tuple(PRECISIONS))   # autocast dtype for the forward pass
     threads_per_worker: Optional[int] = setting(None, minimum=1)  # default: cores // live workers
     profile: bool = setting(False)                                # ts_handler_{pre,post}process/inference metrics
+    latency_histograms: bool = setting(True)                      # ts_handler_{request,forward}_seconds (latency_histogram.py)
 
 
 def _setting_type(default) -> type:

@@ -9,6 +9,7 @@ import torch
 from item_errors import ItemError
 
 logger = logging.getLogger(__name__)
+OUT_OF_MEMORY_COUNTER = "ts_handler_out_of_memory"
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -46,7 +47,7 @@ def _halving(handler, inputs, items: list, offset: int, exhausted: List[int]) ->
             raise
         logger.warning("out of memory (%s) on %d item(s)%s: %s", handler.device, len(items),
                        "; retrying in halves" if len(items) > 1 else "", str(error).splitlines()[0][:300])
-        handler.context.metrics.add_counter("ts_handler_out_of_memory", 1, None)
+        handler.context.metrics.add_counter(OUT_OF_MEMORY_COUNTER, 1, None, handler.metric_dimensions())
     # Retried out of the except block: the exception's traceback holds the failed forward's frames
     # and tensors, and the device memory is freed only once they are gone.
     del inputs

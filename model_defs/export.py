@@ -192,8 +192,12 @@ class LoadedExport:
 
 
 def read_labels(export_dir) -> List[str]:
-    mapping = json.loads((Path(export_dir) / LABELS_FILE).read_text())
-    return [mapping[str(i)] for i in range(len(mapping))]
+    return labels_in_order(json.loads((Path(export_dir) / LABELS_FILE).read_text()))
+
+
+def labels_in_order(index_to_name: Mapping[str, str]) -> List[str]:
+    """index_to_name.json's {"0": "circle", ...} as the list of labels by class index."""
+    return [index_to_name[str(i)] for i in range(len(index_to_name))]
 
 
 def check_format_version(spec: dict, source) -> dict:

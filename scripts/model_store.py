@@ -7,14 +7,14 @@ modality and runtime come from its model.json (in exports/<model>/, or inside th
 """
 import json
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from model_defs.export import LABELS_FILE, labels_in_order
 from model_defs.export import MODEL_JSON, check_format_version, read_spec
 # model.json's runtime: none for an eager export ("torch"), "onnxruntime", "torchscript" (an imported archive)
 from model_defs.serving import TORCH_RUNTIME, TORCHSCRIPT_RUNTIME
-
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class ModelKind:
     @property
     def explainable(self) -> bool:
         """Whether /explanations serves it: Captum differentiates the torch runtimes only (ONNX ones
-        answer 400 naming the eager model, README: Explanations), and an imported TorchScript text
+        answer 400 naming the eager model, docs/explanations.md), and an imported TorchScript text
         model hides the token embeddings its explanations need (handlers/model_runtime.py)."""
         return self.runtime == TORCH_RUNTIME or (self.runtime == TORCHSCRIPT_RUNTIME and self.modality != "text")
 
@@ -52,6 +52,15 @@ class Archive:
     # None for an archive without a model.json: not one this bundle's archive.sh made. TorchServe still
     # loads it; when its handler is this bundle's, the worker fails and says why (scripts/readiness.py).
     kind: Optional[ModelKind]
+    # The archive's model.json (None where kind is): what the model is made of, beyond its kind. An
+    # ONNX variant's names the model it was converted from (source.name) and its quantization.
+    spec: Optional[dict] = field(default=None, compare=False, repr=False)
+    labels: Tuple[str, ...] = field(default=(), compare=False, repr=False)  # by class index, from index_to_name.json
+
+    @property
+    def variant_of(self) -> Optional[str]:
+        """The model this one was converted from (an `_onnx` or `_int8` export's base), per its model.json."""
+        return ((self.spec or {}).get("source") or {}).get("name")
 
     @property
     def reference(self) -> str:
@@ -66,8 +75,10 @@ def read_archive(path: Path) -> Archive:
         with zipfile.ZipFile(path) as archive:
             manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
             spec = json.loads(archive.read(MODEL_JSON)) if MODEL_JSON in archive.namelist() else None
+            labels = labels_in_order(json.loads(archive.read(LABELS_FILE))) if LABELS_FILE in archive.namelist() else []
         kind = ModelKind.from_spec(check_format_version(spec, f"{path}'s {MODEL_JSON}")) if spec is not None else None
-        return Archive(Path(path), manifest["model"]["modelName"], str(manifest["model"]["modelVersion"]), kind)
+        return Archive(Path(path), manifest["model"]["modelName"], str(manifest["model"]["modelVersion"]), kind,
+                       spec, tuple(labels))
     except (zipfile.BadZipFile, KeyError, ValueError, OSError) as error:
         raise ValueError(f"{path} is not a readable model archive ({type(error).__name__}: {error})") from None
 

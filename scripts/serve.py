@@ -60,7 +60,7 @@ def main():
     print("\n".join(curl_lines(properties, keys, loaded, sample_files)))
     expiry = keys["inference"].get("expiration time", "")
     print(f"\nKeys are in key_file.json; the inference and management keys expire {expiry} "
-          f"(refresh: README, 'Keys').")
+          f"(refresh: docs/keys.md).")
     if broken:  # the others serve, but make serve fails so that a script running it notices
         sys.exit(f"serve: {len(broken)} model(s) did not load: {', '.join(broken)}")
 
@@ -82,7 +82,7 @@ def curl_lines(properties: Dict[str, str], keys: dict, models: Dict[str, Optiona
         # answer 400 naming the eager model).
         if kind is not None and kind.explainable:
             why = samples.curl_examples(kind.modality, sample_files, f"{inference_url}/explanations/{model}", auth_i)
-            lines.append(why[0].split("  #", 1)[0].rstrip() + "   # why: Captum attributions (README: Explanations)")
+            lines.append(why[0].split("  #", 1)[0].rstrip() + "   # why: Captum attributions (docs/explanations.md)")
         lines += [
             f"curl {auth_m} {management_url}/models/{model}                     # describe",
             f'curl -X PUT {auth_m} "{management_url}/models/{model}?min_worker=2&max_worker=2&synchronous=true"   # scale to 2 workers',

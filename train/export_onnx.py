@@ -11,7 +11,7 @@ generated training shapes (the trainer's seed), or the training split of --data 
 the export was trained on, as its model.json records). The int8 graph and the eager fp32 model are then
 evaluated on the same held-out images (the trainer's held-out split: seed + 1 for the demo), both
 accuracies go into model.json, and the export is refused when int8 loses more than --max-accuracy-drop
-points. Text and audio get no int8 variant: measured here, it does not pay for them (README, "ONNX Runtime and int8").
+points. Text and audio get no int8 variant: measured here, it does not pay for them (docs/onnx.md).
 """
 import argparse
 import random
@@ -76,7 +76,7 @@ def export_image_int8(args, base_dir: Path, onnx_dir: Path, out_dir: Path) -> di
     spec = read_spec(base_dir)
     if spec["modality"] != "image":
         fail(f"--int8 is for image models; {args.name} is a {spec['modality']} model, and int8 does not pay for "
-             f"this bundle's text and audio models (README, 'ONNX Runtime and int8'): serve {args.name}{ONNX_SUFFIX}")
+             f"this bundle's text and audio models (docs/onnx.md): serve {args.name}{ONNX_SUFFIX}")
     onnx_spec = read_spec(onnx_dir) if (onnx_dir / "model.json").exists() else {}
     if onnx_spec.get("runtime") != RUNTIME or onnx_spec["source"]["weights_sha256"] != weights_digest(base_dir):
         fail(f"{onnx_dir} is missing or older than {base_dir}: run `python -m train.export_onnx {args.name}` first")

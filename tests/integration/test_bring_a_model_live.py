@@ -26,11 +26,12 @@ import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import List, Tuple
+from typing import List
 
 import pytest
 import torch
 
+from doc_pages import blocks
 from scripts import samples
 from scripts.local_torchserve import REPO_ROOT
 from tests.support import user_models as users
@@ -53,22 +54,10 @@ IMPORTED = [*IMAGE_FORMS, "tickets", "sounds"]
 FINE_TUNED = "three_shapes"
 
 
-def page_blocks() -> List[Tuple[str, str]]:
-    """(marker line, bash text) of every bash block of the page, in order."""
-    lines = PAGE.read_text().splitlines()
-    found, index = [], 0
-    while index < len(lines):
-        if lines[index].strip() == "```bash":
-            end = lines.index("```", index + 1)
-            marker = lines[index - 1].strip() if index > 0 else ""
-            found.append((marker, "\n".join(lines[index + 1:end])))
-            index = end
-        index += 1
-    return found
-
-
 def blocks_run_here() -> List[str]:
-    return [text for marker, text in page_blocks() if marker.startswith("<!-- docs-test: skip (") and RUN_HERE in marker]
+    """The page's bash blocks that it marks as run by this test, in page order."""
+    return [block.text for block in blocks(PAGE)
+            if block.info == "bash" and block.marker and block.marker.kind == "skip" and RUN_HERE in block.marker.reason]
 
 
 def make_sandbox(root: Path) -> Path:

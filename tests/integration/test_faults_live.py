@@ -3,7 +3,7 @@ workers scaled down and up, a burst past the queue, a client that sends its body
 is bounded in requests and in time, and checks that every request got an answer: a 200, or a clear
 5xx JSON error where the fault makes one unavoidable, never a hang.
 
-Each prints its measured figures (run with -s to see them); README "Production notes" quotes them.
+Each prints its measured figures (run with -s to see them); docs/production.md quotes them.
 """
 import io
 import json
@@ -75,7 +75,7 @@ def test_scaling_up_under_load_fails_no_request(server):
 # its batch in flight is answered 500 "Worker scaled down." or, when the shutdown races the worker
 # thread's own clean-up, never answered at all. Measured here: of six 3 -> 1 scale-downs under 4
 # clients, two lost 3-4 requests for good, two answered 4 requests 500, two lost none. Nothing in a
-# handler or a config can drain a worker before TorchServe removes it (README, Production notes:
+# handler or a config can drain a worker before TorchServe removes it (docs/production.md:
 # scale down when idle, or behind a proxy that retries). So this test holds TorchServe to what it does
 # do, and fails on anything worse: the loss is at most the requests in flight on the removed workers
 # (one per client here), each a 500 naming the scale-down or a request left unanswered, every other

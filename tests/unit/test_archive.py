@@ -28,7 +28,7 @@ def test_archive_is_self_contained_and_rebuildable(tmp_path):
         manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
     assert {"model_defs/__init__.py", "model_defs/registry.py", "model_defs/image.py", "batch_handler.py",
             "handler_settings.py", "worker_threads.py", "model_runtime.py", "item_errors.py", "out_of_memory.py",
-            "request_payloads.py", "protocols.py",
+            "request_payloads.py", "protocols.py", "latency_histogram.py",
             "explanations.py", "image_classifier_handler.py", "weights.pt", "model.json", "index_to_name.json",
             "image_classifier.yaml"} <= names
     assert not {"text_classifier_handler.py", "audio_classifier_handler.py"} & names, "one handler module per archive"

@@ -95,3 +95,32 @@ def test_make_serves_lines_follow_each_models_kind_not_its_name(tmp_path):
     assert "/predictions/fraud_onnx_v2 -H 'Content-Type: text/plain'" in predicted
     assert "/predictions/stock_model" not in predicted and "/models/stock_model " in "\n".join(lines)
     assert all("Bearer ikey" in line for line in lines if "/predictions/" in line or "/explanations/" in line)
+
+
+def test_the_consoles_model_list_says_what_each_archive_is_from_its_own_files(tmp_path):
+    """make console lists each archive's modality, runtime, labels and the model it is a variant of
+    (model.json's source), whatever the names say."""
+    from model_defs.export import LABELS_FILE
+    from scripts.console import model_list
+
+    def archive_of(export: str, path, model: str, version: str = "1.0"):
+        write_mar(path, model, version, spec=json.loads((export_dir(export) / MODEL_JSON).read_text()))
+        with zipfile.ZipFile(path, "a") as archive:
+            archive.writestr(LABELS_FILE, (export_dir(export) / LABELS_FILE).read_text())
+
+    archive_of("image_classifier", tmp_path / "digits.mar", "digits")
+    archive_of("image_classifier_int8", tmp_path / "digits_small.mar", "digits_small")
+    archive_of("audio_classifier_onnx", tmp_path / "speech-2.0.mar", "speech", "2.0")
+    archive_of("audio_classifier", tmp_path / "speech.mar", "speech")
+    write_mar(tmp_path / "stock.mar", "stock_resnet", spec=None)
+    listed = {(m["name"], m["version"]): m for m in model_list(tmp_path)["models"]}
+    labels = json.loads((export_dir("image_classifier") / LABELS_FILE).read_text())
+    assert listed[("digits", "1.0")]["labels"] == [labels[str(i)] for i in range(len(labels))]
+    assert (listed[("digits", "1.0")]["runtime"], listed[("digits", "1.0")]["variant_of"]) == ("torch", None)
+    small = listed[("digits_small", "1.0")]
+    # Its model.json says it was converted from image_classifier: the console groups it with that model.
+    assert (small["modality"], small["runtime"], small["quantization"], small["explainable"]) == ("image", "onnxruntime", "QDQ", False)
+    assert small["variant_of"] == "image_classifier"
+    assert [listed[("speech", v)]["default"] for v in ("1.0", "2.0")] == [True, False]
+    assert listed[("speech", "2.0")]["runtime"] == "onnxruntime"
+    assert listed[("stock_resnet", "1.0")] == {"name": "stock_resnet", "version": "1.0", "default": True, "modality": None}
