@@ -39,8 +39,10 @@ def get_args_parser():
     parser.add_argument("--arch", type=architecture_of("image"),
                         help=f"any torchvision classification architecture (default {DEFAULT_ARCH}, or the "
                              "--init-weights export's)")
-    parser.add_argument("--image-size", type=int, help="crop size fed to the model (default: 32 for the demo shapes, 224 for --data)")
-    parser.add_argument("--resize", type=int, help="shorter side before the centre crop (default: the image size for the demo, 256/224 of it for --data)")
+    parser.add_argument("--image-size", type=int, help="crop size fed to the model (default: what --init-weights was "
+                                                        "trained at, else 32 for the demo shapes, 224 for --data)")
+    parser.add_argument("--resize", type=int, help="shorter side before the centre crop (default: in --init-weights' "
+                                                    "proportion, else the image size for the demo, 256/224 of it for --data)")
     parser.add_argument("--train-size", type=int, default=5800, help="generated training images (demo data only)")
     parser.add_argument("--heldout-size", type=int, default=1200, help="generated held-out images (demo data only)")
     parser.add_argument("--heldout-fraction", type=fraction, default=0.2, help="share of each --data class held out for accuracy")

@@ -223,6 +223,9 @@ def model_args_for(args, vocab_size: int, num_classes: int, pad_id: int) -> dict
 def text_initial_weights(args):
     """--init-weights resolved (None without it); a weights file needs the tokenizer it was trained with."""
     initial = initial_weights(args, "text", DEFAULT_ARCH)
+    if initial is not None and initial.spec is not None and args.tokenizer is not None:
+        raise CommandError(f"--tokenizer with --init-weights {args.init_weights}: an export's weights go with its own "
+                           "tokenizer, which is used; leave --tokenizer out")
     if initial is not None and initial.spec is None and args.tokenizer is None:
         raise CommandError(f"--init-weights {args.init_weights} needs --tokenizer: the tokenizer.json the weights were "
                            "trained with (their embeddings are rows of its vocabulary)")
