@@ -359,3 +359,36 @@ def test_an_imported_export_gets_its_onnx_and_int8_variants_and_torchscript_is_r
     assert capsys.readouterr().err == (f"python -m train.export_onnx: error: {exports_dir / 'scripted'} is an imported "
                                        "TorchScript archive, which has no weights to export: import the model's weights "
                                        "(a state_dict) instead, or export its ONNX graph yourself and import that\n")
+
+
+def test_an_audio_onnx_graph_with_the_front_end_inside_takes_waveforms(exports_dir, tmp_path, capsys):
+    # The demo audio variant's graph: log-mel and CNN together, [batch, 16000] waveforms in.
+    graph = users.demo_export("audio_classifier_onnx") / "model.onnx"
+    labels = users.write_labels_text(users.labels_of("audio_classifier"), tmp_path / "sounds.txt")
+    data = users.sounds_folder(tmp_path / "clips", per_class=2)
+    status, spec = run_import("--modality", "audio", "--weights", graph, "--labels", labels, "--name", "sounds",
+                              "--data", data)
+    assert status == 0, capsys.readouterr().err
+    assert spec["onnx"]["front_end"] == "log_mel" and spec["arch"] is None and spec["metrics"]["examples"] == 14
+    clips = [content for content, _ in users.wav_clips(1, seed=19)]
+    expected = users.audio_probabilities(users.audio_module(), clips, spec["preprocess"])
+    handler = load_handler("audio_classifier_handler", exports_dir / "sounds", "sounds",
+                           model_yaml=yaml.safe_load((REPO_ROOT / "configs" / "audio_classifier_onnx.yaml").read_text()))
+    labels = users.labels_of("audio_classifier")
+    for response, row in zip(predict(handler, *(worker_row(clip, "audio/wav") for clip in clips)), expected):
+        assert response.status == 200
+        assert all(abs(p - float(row[labels.index(label)])) <= 1e-4 for label, p in response.body.items())
+
+
+def test_a_text_graph_needs_its_architecture_for_the_batch_inputs(exports_dir, tmp_path, capsys):
+    labels = users.write_json(users.labels_of("text_classifier"), tmp_path / "intents.json")
+    assert refused(capsys, exports_dir, "--modality", "text", "--weights",
+                   users.demo_export("text_classifier_onnx") / "model.onnx", "--tokenizer",
+                   users.tokenizer_of("text_classifier"), "--labels", labels, "--name", "tickets") == (
+        "--arch is required for a text model: its batch_inputs (how token ids become input tensors) come from the "
+        "registered architecture; valid choices: text_embedding_bag, text_transformer")
+    assert refused(capsys, exports_dir, "--modality", "text", "--arch", "text_transformer", "--weights",
+                   users.demo_export("text_classifier_onnx") / "model.onnx", "--tokenizer",
+                   users.tokenizer_of("text_classifier"), "--labels", labels, "--name", "tickets") == (
+        f"{users.demo_export('text_classifier_onnx') / 'model.onnx'} takes the inputs token_ids [token_ids_axis0], "
+        "offsets [batch]; a text_transformer graph takes padding_mask, token_ids (its batch_inputs)")

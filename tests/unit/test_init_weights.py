@@ -177,3 +177,12 @@ def test_an_audio_model_continues_from_an_export(tmp_path, capsys, restore_torch
     assert "the classifier head (classifier.1.bias, classifier.1.weight) is new: the weights have 7 outputs, the data " \
            "3 classes" in capsys.readouterr().out
     assert load_export(tmp_path / "tuned").spec["initialized_from"]["export"] == "audio_classifier"
+
+
+def test_an_exports_tokenizer_is_not_overridden(tmp_path, capsys):
+    status, _ = train("text", "--epochs", "0", "--init-weights", users.demo_export("text_classifier"),
+                      "--tokenizer", users.tokenizer_of("text_classifier"), "--out", tmp_path / "out")
+    assert status == 2
+    assert capsys.readouterr().err == (f"python -m train.text: error: --tokenizer with --init-weights "
+                                       f"{users.demo_export('text_classifier')}: an export's weights go with its own "
+                                       "tokenizer, which is used; leave --tokenizer out\n")
