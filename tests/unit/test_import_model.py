@@ -58,6 +58,19 @@ def image_import(user_files, form, name="shapes", *more):
                       "--name", name, *SHAPES_32, *more)
 
 
+def served_difference(modality: str, export_dir, config: str, rows, expected: torch.Tensor, labels) -> float:
+    """The largest |served - expected| probability over one batch of `rows` through the modality's
+    handler on the export, each answer's labels checked to be the expected top ones, in order."""
+    handler = load_handler(f"{modality}_classifier_handler", export_dir, export_dir.name,
+                           model_yaml=yaml.safe_load((REPO_ROOT / "configs" / f"{config}.yaml").read_text()))
+    worst = 0.0
+    for response, row in zip(predict(handler, *rows), expected):
+        assert response.status == 200, response.body
+        assert list(response.body) == [labels[i] for i in row.argsort(descending=True)[:len(response.body)].tolist()]
+        worst = max(worst, *(abs(p - float(row[labels.index(label)])) for label, p in response.body.items()))
+    return worst
+
+
 def handler_for(export_dir, runtime: str):
     config = "image_classifier_onnx" if runtime == "onnxruntime" else "image_classifier"
     model_yaml = yaml.safe_load((REPO_ROOT / "configs" / f"{config}.yaml").read_text())
@@ -92,17 +105,11 @@ def test_each_form_becomes_an_export_served_with_the_original_modules_probabilit
     assert written["metrics"]["accuracy"] >= 0.9 and written["metrics"]["near_chance"] is False
     assert written["metrics"]["examples"] == 60
 
-    images = users.shape_images(5, seed=21)
+    images = users.shape_images(5, seed=21)  # one batch of five
     expected = users.image_probabilities(users.image_module(), images, written["preprocess"])
-    handler = handler_for(export, runtime)
-    responses = predict(handler, *(worker_row(image, "image/png") for image in images))  # one batch of five
-    labels = users.labels_of("image_classifier")
-    worst = 0.0
-    for response, row in zip(responses, expected):
-        assert response.status == 200, response.body
-        assert list(response.body) == [labels[i] for i in row.argsort(descending=True)[:3].tolist()]
-        worst = max(worst, *(abs(p - float(row[labels.index(label)])) for label, p in response.body.items()))
-    assert worst <= tolerance
+    config = "image_classifier_onnx" if runtime == "onnxruntime" else "image_classifier"
+    assert served_difference("image", export, config, [worker_row(image, "image/png") for image in images], expected,
+                             users.labels_of("image_classifier")) <= tolerance
     if form == "onnx":
         assert "the graph's batch is fixed at 1: batches run one item at a time" in capsys.readouterr().out
 
@@ -206,12 +213,9 @@ def test_a_text_model_imports_with_its_tokenizer_and_is_evaluated(exports_dir, t
 
     texts, _ = users.support_messages(2, seed=9)
     expected = users.text_probabilities(users.text_module(), texts, exports_dir / "tickets", spec["preprocess"])
-    handler = load_handler("text_classifier_handler", exports_dir / "tickets", "tickets",
-                           model_yaml=yaml.safe_load((REPO_ROOT / "configs" / "text_classifier.yaml").read_text()))
-    labels = users.labels_of("text_classifier")
-    for response, row in zip(predict(handler, *(worker_row(text, "text/plain") for text in texts)), expected):
-        assert response.status == 200
-        assert all(abs(p - float(row[labels.index(label)])) <= 1e-5 for label, p in response.body.items())
+    assert served_difference("text", exports_dir / "tickets", "text_classifier",
+                             [worker_row(text, "text/plain") for text in texts], expected,
+                             users.labels_of("text_classifier")) <= 1e-5
 
 
 def test_an_audio_model_imports_and_is_evaluated(exports_dir, tmp_path, capsys):
@@ -372,12 +376,9 @@ def test_an_audio_onnx_graph_with_the_front_end_inside_takes_waveforms(exports_d
     assert spec["onnx"]["front_end"] == "log_mel" and spec["arch"] is None and spec["metrics"]["examples"] == 14
     clips = [content for content, _ in users.wav_clips(1, seed=19)]
     expected = users.audio_probabilities(users.audio_module(), clips, spec["preprocess"])
-    handler = load_handler("audio_classifier_handler", exports_dir / "sounds", "sounds",
-                           model_yaml=yaml.safe_load((REPO_ROOT / "configs" / "audio_classifier_onnx.yaml").read_text()))
-    labels = users.labels_of("audio_classifier")
-    for response, row in zip(predict(handler, *(worker_row(clip, "audio/wav") for clip in clips)), expected):
-        assert response.status == 200
-        assert all(abs(p - float(row[labels.index(label)])) <= 1e-4 for label, p in response.body.items())
+    assert served_difference("audio", exports_dir / "sounds", "audio_classifier_onnx",
+                             [worker_row(clip, "audio/wav") for clip in clips], expected,
+                             users.labels_of("audio_classifier")) <= 1e-4
 
 
 def test_a_text_graph_needs_its_architecture_for_the_batch_inputs(exports_dir, tmp_path, capsys):
