@@ -426,11 +426,12 @@ def architectures_fitting(state_dict: Mapping[str, torch.Tensor], modality: str,
         if arch == exclude:
             continue
         try:
-            expected = _meta_state(arch, modality, model_args)
-            head = head_axes(arch, modality, model_args)
+            mismatch = compare(state_dict, _meta_state(arch, modality, model_args))
+            # Most architectures differ in their keys already: the head is looked for only where they agree.
+            if not mismatch.missing and not mismatch.unexpected:
+                head = head_axes(arch, modality, model_args)
+                if all(key in head for key, _, _ in mismatch.shapes):
+                    fitting.append(arch)
         except Exception:  # a builder that needs other arguments, or real tensors (RegNet's init)
             continue
-        mismatch = compare(state_dict, expected)
-        if not mismatch.missing and not mismatch.unexpected and all(key in head for key, _, _ in mismatch.shapes):
-            fitting.append(arch)
     return fitting
