@@ -6,10 +6,13 @@
 #   MODEL_VERSION=2.0 ./archive.sh image_classifier   # a second version: model_store/image_classifier-2.0.mar
 #   EXPORTS_DIR=... MODEL_STORE=... CONFIGS_DIR=... ./archive.sh
 #
-# An archive holds the weights (serialized file: weights.pt, or model.onnx), the export's other files (model.json, labels,
-# tokenizer ...), the handler for the export's modality, the handlers' shared modules (batch_handler.py,
-# protocols.py, explanations.py ...: every handlers/*.py that is not a modality's handler), the model_defs/ package
-# and configs/<name>.yaml as its model-config. torch-model-archiver copies an --extra-files folder's
+# An archive holds the model (serialized file: weights.pt, model.onnx, or an imported model.torchscript.pt), the
+# export's other files (model.json, labels, tokenizer ...), the handler for the export's modality, the handlers'
+# shared modules (batch_handler.py, protocols.py, explanations.py ...: every handlers/*.py that is not a modality's
+# handler), the model_defs/ package and configs/<name>.yaml as its model-config; an export without a config of its
+# own (one imported or trained under a new name) gets its modality's and runtime's default, and the line says which:
+# configs/<modality>_classifier.yaml, or configs/<modality>_classifier_onnx.yaml for an ONNX graph.
+# torch-model-archiver copies an --extra-files folder's
 # contents flat, so a staging folder that *contains* model_defs/ is passed: the package survives, and
 # the .mar loads on a TorchServe whose PYTHONPATH has no checkout on it. Re-running overwrites (--force).
 set -euo pipefail
@@ -47,17 +50,30 @@ trap 'rm -rf "$stage_root" ${aside:+"$aside"}' EXIT
 
 for name in "${names[@]}"; do
   export_dir=$exports_dir/$name
-  # The serialized file picks the runtime the handler serves with: weights.pt (torch) or, for an ONNX
-  # variant (exports/<name>_onnx, _int8, from `python -m train.export_onnx`), model.onnx (ONNX Runtime).
+  # The serialized file picks the runtime the handler serves with (model_defs/serving.py): model.onnx (ONNX
+  # Runtime: an _onnx/_int8 variant from `python -m train.export_onnx`, or an imported graph), an imported
+  # TorchScript archive model.torchscript.pt (torch, as it is), else weights.pt (torch, rebuilt from model.json).
   serialized=$export_dir/weights.pt
-  [[ -f $export_dir/model.onnx ]] && serialized=$export_dir/model.onnx
+  for candidate in model.onnx model.torchscript.pt; do
+    if [[ -f $export_dir/$candidate ]]; then serialized=$export_dir/$candidate; break; fi
+  done
   [[ -f $export_dir/model.json && -f $serialized ]] \
-    || { echo "archive.sh: $export_dir is not an export (needs model.json and weights.pt or model.onnx)" >&2; exit 1; }
-  config=$configs_dir/$name.yaml
-  [[ -f $config ]] || { echo "archive.sh: no model-config for $name: expected $config" >&2; exit 1; }
-  modality=$("$python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["modality"])' "$export_dir/model.json")
+    || { echo "archive.sh: $export_dir is not an export (needs model.json and weights.pt, model.onnx or model.torchscript.pt)" >&2; exit 1; }
+  read -r modality runtime < <("$python" -c 'import json,sys; spec = json.load(open(sys.argv[1])); print(spec["modality"], spec.get("runtime", "torch"))' "$export_dir/model.json")
   handler=$repo/handlers/${modality}_classifier_handler.py
   [[ -f $handler ]] || { echo "archive.sh: $name has modality '$modality' but there is no $handler" >&2; exit 1; }
+  config=$configs_dir/$name.yaml
+  if [[ ! -f $config ]]; then
+    # Modality and runtime from model.json, never the name: an ONNX graph's config keeps precision fp32.
+    default_config=${modality}_classifier
+    [[ $runtime == onnxruntime ]] && default_config=${modality}_classifier_onnx
+    config=$configs_dir/$default_config.yaml
+    [[ -f $config ]] || { echo "archive.sh: no model-config for $name: expected $configs_dir/$name.yaml, or the default $config" >&2; exit 1; }
+    shown=${configs_dir#"$repo"/}  # configs/, as the user types it from the checkout
+    echo "archive.sh: $name has no model-config of its own ($shown/$name.yaml): using $shown/$default_config.yaml," \
+         "the $modality default for the $runtime runtime; copy it to $shown/$name.yaml to set workers, batching or" \
+         "limits for $name"
+  fi
 
   stage=$stage_root/$name
   mkdir -p "$stage"

@@ -29,8 +29,8 @@ from model_defs.audio import (
     AudioInputError,
     AudioPreprocessing,
     AudioTooLongError,
-    LogMelSpectrogram,
     UnsupportedAudioFormatError,
+    front_end,
     prepare_clip,
 )
 
@@ -60,11 +60,8 @@ class AudioClassifierHandler(BatchClassifierHandler):
 
     def load_modality(self, export) -> None:
         self.preprocessing = AudioPreprocessing.from_dict(self.spec["preprocess"])
-        if (self.spec.get("onnx") or {}).get("front_end") == "log_mel":
-            # An ONNX graph with the log-mel inside it (model_defs/onnx_export.py) takes the waveforms.
-            self.feature_extractor = torch.nn.Identity()
-        else:
-            self.feature_extractor = LogMelSpectrogram(self.preprocessing).to(self.device).eval()
+        # The log-mel, or nothing for an ONNX graph with the log-mel inside it, which takes the waveforms.
+        self.feature_extractor = front_end(self.spec).to(self.device).eval()
 
     def item_from_content(self, content, index: int):
         encoded = binary_content(content, self.json_fields, self.settings.max_bytes, "audio file")

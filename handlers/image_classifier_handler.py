@@ -18,7 +18,8 @@ from batch_handler import BatchClassifierHandler, HandlerSettings
 from handler_settings import setting
 from item_errors import ItemError
 from request_payloads import binary_content
-from model_defs.image import ImageDecodeError, ImageTooLargeError, draft_min_side, eval_transform, load_image
+from model_defs.image import (ImageDecodeError, ImageTooLargeError, draft_min_side, eval_transform, load_image,
+                              to_model_channel_order)
 
 ImageSettings = HandlerSettings.extend(
     "ImageSettings",
@@ -74,7 +75,9 @@ class ImageClassifierHandler(BatchClassifierHandler):
         params = self.spec["preprocess"]
         mean = torch.tensor(params["mean"], device=normalized_image.device)[:, None, None]
         std = torch.tensor(params["std"], device=normalized_image.device)[:, None, None]
-        image = (normalized_image * std + mean).clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+        # Shown in RGB whatever the model's channel order, the attributions' channels alike.
+        image = to_model_channel_order(params, (normalized_image * std + mean).clamp(0, 1)).permute(1, 2, 0).cpu().numpy()
+        attributions = to_model_channel_order(params, attributions)
         figure = new_figure(4, 4)
         visualization.visualize_image_attr(
             attributions.permute(1, 2, 0).cpu().numpy(), image, method="blended_heat_map", sign="all",

@@ -326,6 +326,15 @@ class LogMelSpectrogram(nn.Module):
         return torch.log(mel + self.log_floor).unsqueeze(1)
 
 
+def front_end(spec: dict) -> nn.Module:
+    """What turns a batch of prepared waveforms into the input of an export's model (`spec`, its
+    model.json): the log-mel front end, or nothing for a graph that has it inside (an ONNX graph that
+    takes waveforms: model_defs/onnx_export.py writes them, train/import_model.py imports them)."""
+    if (spec.get("onnx") or {}).get("front_end") == "log_mel":
+        return nn.Identity()
+    return LogMelSpectrogram(AudioPreprocessing.from_dict(spec["preprocess"]))
+
+
 # ---- the model -------------------------------------------------------------------------------------
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(

@@ -9,6 +9,11 @@ exports/<model>/
 
 An ONNX variant, exports/<model>_onnx/ (and _int8/), has model.onnx in place of weights.pt and the
 base export's other files: model_defs/onnx_export.py writes it, model_defs/onnx_runtime.py loads it.
+An imported TorchScript archive is model.torchscript.pt (model_defs/torchscript_runtime.py), and an
+imported export records where it came from in model.json's "imported" (train/import_model.py).
+
+format_version: 1 for every export a reader of format 1 serves right; 2 (`format_version_of`) for one
+it would serve wrongly or fail on obscurely, so that an older bundle refuses it by name instead.
 """
 import json
 import os
@@ -27,7 +32,10 @@ from .registry import build_model
 WEIGHTS_FILE = "weights.pt"
 MODEL_JSON = "model.json"
 LABELS_FILE = "index_to_name.json"
-EXPORT_FORMAT_VERSION = 1
+# The newest format this code reads and writes. An export is written in the oldest format that holds
+# it (format_version_of): a plain export stays readable by a bundle that knows only format 1.
+EXPORT_FORMAT_VERSION = 2
+BASE_FORMAT_VERSION = 1
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # added by DataParallel/DDP and torch.compile
 
@@ -62,6 +70,19 @@ def _json_value(value: Any) -> str:
     raise TypeError(f"model.json cannot hold {type(value).__name__} {value!r}")
 
 
+def format_version_of(spec: dict) -> int:
+    """The export format `spec` needs: 2 when a reader of format 1 would mishandle it, else 1."""
+    preprocess = spec.get("preprocess") or {}
+    needs_format_2 = (
+        spec.get("runtime") == "torchscript"               # format 1 readers know weights.pt and model.onnx only
+        or spec.get("arch") is None                        # a graph served without a registered architecture
+        or preprocess.get("channel_order", "RGB") != "RGB"  # format 1 readers would feed RGB: wrong answers
+        or "pad_token" in preprocess                       # format 1 readers look for <pad> only
+        or (spec.get("onnx") or {}).get("fixed_batch")     # format 1 readers would send whole batches: a crash
+    )
+    return EXPORT_FORMAT_VERSION if needs_format_2 else BASE_FORMAT_VERSION
+
+
 def write_export(
     out_dir,
     model: nn.Module,
@@ -76,28 +97,48 @@ def write_export(
     training_args: Optional[Mapping[str, Any]] = None,
     extra_files: Optional[Mapping[str, Path]] = None,
     packages=("torch",),
+    extra_spec: Optional[Mapping[str, Any]] = None,
 ) -> Path:
     """Write weights, model.json and index_to_name.json (plus extra files) to out_dir, replacing it.
 
-    `training_args` (a script's `vars(args)`; paths are written as strings) is model.json's "training".
+    `training_args` (a script's `vars(args)`; paths are written as strings) is model.json's "training";
+    `extra_spec`, more keys of model.json (a fine-tuning's "initialized_from").
     """
+    spec = export_spec(name=name, modality=modality, arch=arch, model_args=model_args, preprocess=preprocess,
+                       labels=labels, metrics=metrics, training_args=training_args, packages=packages,
+                       extra_spec=extra_spec)
     with staged_directory(out_dir) as staging:
-        torch.save(clean_state_dict(model.state_dict()), staging / WEIGHTS_FILE)
-        write_spec_and_labels(staging, {
-            "format_version": EXPORT_FORMAT_VERSION,
-            "name": name,
-            "modality": modality,
-            "arch": arch,
-            "model_args": model_args,
-            "preprocess": preprocess,
-            "num_labels": len(labels),
-            "metrics": metrics or {},
-            "training": dict(training_args or {}),
-            "versions": package_versions(packages),
-        }, labels)
-        for file_name, source in (extra_files or {}).items():
-            shutil.copyfile(source, staging / file_name)
+        write_export_files(staging, model, spec, labels, extra_files)
     return Path(out_dir)
+
+
+def export_spec(*, name: str, modality: str, arch: Optional[str], model_args: dict, preprocess: dict,
+                labels: List[str], metrics: Optional[dict] = None, training_args: Optional[Mapping[str, Any]] = None,
+                packages=("torch",), extra_spec: Optional[Mapping[str, Any]] = None) -> dict:
+    """model.json's content (format_version is added when it is written, from what the content needs)."""
+    return {
+        "name": name,
+        "modality": modality,
+        "arch": arch,
+        "model_args": model_args,
+        "preprocess": preprocess,
+        "num_labels": len(labels),
+        "metrics": metrics or {},
+        "training": dict(training_args or {}),
+        "versions": package_versions(packages),
+        **(extra_spec or {}),
+    }
+
+
+def write_export_files(directory: Path, model: Optional[nn.Module], spec: dict, labels: List[str],
+                       extra_files: Optional[Mapping[str, Path]] = None) -> None:
+    """An export's files into `directory` (a staged_directory): the model's weights (none for an export
+    whose model is a serialized file among `extra_files`), model.json, index_to_name.json, extra files."""
+    if model is not None:
+        torch.save(clean_state_dict(model.state_dict()), directory / WEIGHTS_FILE)
+    write_spec_and_labels(directory, spec, labels)
+    for file_name, source in (extra_files or {}).items():
+        shutil.copyfile(source, directory / file_name)
 
 
 @contextmanager
@@ -133,7 +174,9 @@ def _remove_if_empty(directory: Path) -> None:
 
 
 def write_spec_and_labels(directory: Path, spec: dict, labels: List[str]) -> None:
-    """model.json and index_to_name.json, as every export (and every ONNX variant of one) has them."""
+    """model.json and index_to_name.json, as every export (and every ONNX variant of one) has them;
+    model.json's format_version is the one its content needs, written first."""
+    spec = {"format_version": format_version_of(spec), **{k: v for k, v in spec.items() if k != "format_version"}}
     (directory / MODEL_JSON).write_text(json.dumps(spec, indent=2, default=_json_value) + "\n")
     (directory / LABELS_FILE).write_text(
         json.dumps({str(i): label for i, label in enumerate(labels)}, indent=2) + "\n"
@@ -187,6 +230,31 @@ def checked_labels(export_dir, spec: dict) -> List[str]:
             f"{Path(export_dir) / LABELS_FILE} has {len(labels)} labels but model.json says {spec['num_labels']}"
         )
     return labels
+
+
+# What a handler may ask of a model besides calling it, answered by the architecture itself:
+# `batch_inputs` turns token ids into the model's input tensors, `max_tokens` bounds a text's length.
+INPUT_HELPERS = ("batch_inputs", "max_tokens")
+
+
+def attach_input_helpers(model, architecture: Optional[nn.Module]):
+    """`model` (a serialized graph's runner) given `architecture`'s INPUT_HELPERS, where it has them.
+    A meta-device architecture's batch_inputs builds CPU tensors from token ids and reads only plain
+    attributes (max_tokens, pad_id), never its weights."""
+    for helper in INPUT_HELPERS:
+        if architecture is not None and hasattr(architecture, helper):
+            setattr(model, helper, getattr(architecture, helper))
+    return model
+
+
+def meta_architecture(spec: dict) -> Optional[nn.Module]:
+    """The export's architecture built on the meta device (no weights allocated or initialised), for
+    what the handler asks of a model besides calling it (a text model's batch_inputs and max_tokens)
+    when a serialized graph is what runs; None for a graph imported without a registered architecture."""
+    if spec.get("arch") is None:
+        return None
+    with torch.device("meta"):
+        return build_model(spec["arch"], modality=spec["modality"], **spec["model_args"])
 
 
 def load_export(export_dir, device="cpu", modality: Optional[str] = None) -> LoadedExport:

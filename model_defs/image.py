@@ -5,6 +5,7 @@
 train/image.py evaluates through them and the handler serves through them, so a served prediction
 equals the one measured at training time.
 """
+import functools
 import io
 import warnings
 from typing import Sequence
@@ -38,10 +39,23 @@ for _arch in torchvision.models.list_models(module=torchvision.models):
     register(_arch)(_torchvision_builder(_arch))
 
 
+CHANNEL_ORDERS = ("RGB", "BGR")
+
+
 def preprocess_params(image_size: int, resize: int = None, mean: Sequence[float] = IMAGENET_MEAN,
-                      std: Sequence[float] = IMAGENET_STD) -> dict:
-    """The parameters model.json records: resize the shorter side to `resize`, centre-crop `image_size`."""
-    return {"resize": int(resize or image_size), "crop": int(image_size), "mean": list(mean), "std": list(std)}
+                      std: Sequence[float] = IMAGENET_STD, channel_order: str = "RGB") -> dict:
+    """The parameters model.json records: resize the shorter side to `resize`, centre-crop `image_size`,
+    normalise with `mean` and `std` (given in the model's channel order). `channel_order` "BGR" (a
+    model trained on OpenCV's decoding) is recorded; RGB, the default, is not."""
+    if channel_order not in CHANNEL_ORDERS:
+        raise ValueError(f"unknown channel order {channel_order!r}; valid choices: {', '.join(CHANNEL_ORDERS)}")
+    params = {"resize": int(resize or image_size), "crop": int(image_size), "mean": list(mean), "std": list(std)}
+    return params if channel_order == "RGB" else {**params, "channel_order": channel_order}
+
+
+def to_model_channel_order(params: dict, images: torch.Tensor) -> torch.Tensor:
+    """[..., 3, H, W] RGB → the model's channel order (its own inverse: BGR back to RGB, for display)."""
+    return images.flip(-3) if params.get("channel_order", "RGB") == "BGR" else images
 
 
 def eval_transform(params: dict) -> v2.Compose:
@@ -50,6 +64,8 @@ def eval_transform(params: dict) -> v2.Compose:
         v2.Resize(params["resize"], antialias=True),
         v2.CenterCrop(params["crop"]),
         v2.ToDtype(torch.float32, scale=True),
+        *([v2.Lambda(functools.partial(to_model_channel_order, params))]
+          if params.get("channel_order", "RGB") != "RGB" else []),
         v2.Normalize(params["mean"], params["std"]),
     ])
 

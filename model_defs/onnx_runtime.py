@@ -9,7 +9,9 @@ not do, this does:
   (`threads` is read before every call; the session is rebuilt when the share changes);
 - GPU: the CUDA execution provider on the worker's `gpu_id` when the installed onnxruntime has it,
   else a log line saying the model runs on the CPU (pytorch/serve#2559);
-- a callable, not a bare session.
+- a callable, not a bare session;
+- a graph exported with a fixed batch of 1 (many are: an exporter's example input was one image)
+  runs a batch one item at a time, instead of failing every batch of two or more.
 
 onnxruntime is imported only when a session is built, so an eager-only server never loads it.
 """
@@ -21,17 +23,13 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .export import LoadedExport, checked_labels, read_spec
-from .registry import build_model
+from .export import LoadedExport, attach_input_helpers, checked_labels, meta_architecture, read_spec
 
 logger = logging.getLogger(__name__)
 
 ONNX_FILE = "model.onnx"
 RUNTIME = "onnxruntime"  # model.json's "runtime" for an ONNX export; an eager export has none
 CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
-# What a handler may ask of the model besides calling it, answered by the architecture itself:
-# `batch_inputs` turns token ids into the model's input tensors, `max_tokens` bounds a text's length.
-INPUT_HELPERS = ("batch_inputs", "max_tokens")
 
 
 def execution_providers(gpu_id, available: Sequence[str]) -> list:
@@ -67,9 +65,8 @@ class OnnxRuntimeModel:
         self.session, self.session_threads = None, 0
         self.follow_threads()
         self.input_names: List[str] = [graph_input.name for graph_input in self.session.get_inputs()]
-        for helper in INPUT_HELPERS:
-            if architecture is not None and hasattr(architecture, helper):
-                setattr(self, helper, getattr(architecture, helper))
+        self.batch_of_one = fixed_batch_of_one(self.session.get_inputs())
+        attach_input_helpers(self, architecture)
 
     def eval(self) -> "OnnxRuntimeModel":
         """As nn.Module.eval, so evaluation loops take either runtime: a graph always runs in eval mode."""
@@ -119,33 +116,30 @@ class OnnxRuntimeModel:
                             f"unknown: {sorted(unknown)}, missing: {sorted(missing)}")
         feeds.update(kwargs)
         self.follow_threads()
-        (logits, *_) = self.session.run(None, {name: _as_array(tensor) for name, tensor in feeds.items()})
+        arrays = {name: _as_array(tensor) for name, tensor in feeds.items()}
+        batch = len(next(iter(arrays.values()))) if self.batch_of_one else 1
+        if batch > 1:
+            # Item by item, each the batch of one the graph was exported for.
+            return torch.cat([self._run({name: array[item:item + 1] for name, array in arrays.items()})
+                              for item in range(batch)])
+        return self._run(arrays)
+
+    def _run(self, arrays: dict) -> torch.Tensor:
+        (logits, *_) = self.session.run(None, arrays)
         return torch.from_numpy(logits)
 
 
-def is_onnx_model_file(serialized_file) -> bool:
-    return str(serialized_file).endswith(".onnx")
-
-
-def serialized_file(model_dir, manifest: Optional[dict] = None) -> Path:
-    """The model file of an archive as its manifest names it (archive.sh's --serialized-file); for an
-    export folder without a manifest (the in-process tests), model.onnx when it holds one."""
-    named = ((manifest or {}).get("model") or {}).get("serializedFile")
-    if named:
-        return Path(model_dir) / named
-    onnx_file = Path(model_dir) / ONNX_FILE
-    return onnx_file if onnx_file.exists() else Path(model_dir) / "weights.pt"
+def fixed_batch_of_one(graph_inputs) -> bool:
+    """Whether every input of the graph (ONNX Runtime's NodeArg list) has a first axis fixed at 1."""
+    return all(len(node.shape) > 0 and node.shape[0] == 1 for node in graph_inputs)
 
 
 def onnx_model(export_dir, spec: dict, *, threads: Callable[[], int], gpu_id=None,
                name: Optional[str] = None) -> OnnxRuntimeModel:
-    """The OnnxRuntimeModel of export_dir's model.onnx, with `spec`'s architecture's input helpers."""
-    # The architecture is built on the meta device (no weights are allocated or initialised) for
-    # its input helpers only; the weights are in the graph.
-    with torch.device("meta"):
-        architecture = build_model(spec["arch"], modality=spec["modality"], **spec["model_args"])
-    return OnnxRuntimeModel(Path(export_dir) / ONNX_FILE, threads=threads, gpu_id=gpu_id, architecture=architecture,
-                            name=name or spec.get("name", Path(export_dir).name))
+    """The OnnxRuntimeModel of export_dir's model.onnx, with `spec`'s architecture's input helpers
+    (the weights are in the graph)."""
+    return OnnxRuntimeModel(Path(export_dir) / ONNX_FILE, threads=threads, gpu_id=gpu_id,
+                            architecture=meta_architecture(spec), name=name or spec.get("name", Path(export_dir).name))
 
 
 def load_onnx_export(export_dir, *, threads: Callable[[], int], gpu_id=None, modality: Optional[str] = None,

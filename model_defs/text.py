@@ -24,6 +24,17 @@ from .registry import register
 
 TOKENIZER_FILE = "tokenizer.json"
 PAD_TOKEN = "<pad>"  # id 0: the first special token the trainer adds
+# The names Hugging Face tokenizers give their padding token, tried in order for a tokenizer not trained here.
+PAD_TOKENS = (PAD_TOKEN, "[PAD]", "<|pad|>", "<|padding|>")
+
+
+def find_pad_token(tokenizer: Tokenizer, named: Optional[str] = None) -> str:
+    """The tokenizer's padding token: `named`, else the first of PAD_TOKENS it has; ValueError naming them."""
+    candidates = [named] if named else PAD_TOKENS
+    found = next((token for token in candidates if tokenizer.token_to_id(token) is not None), None)
+    if found is None:
+        raise ValueError(f"the tokenizer has no padding token {' or '.join(candidates)}: name the one it has")
+    return found
 
 
 def normalize_text(text: str, lowercase: bool = True) -> str:
@@ -110,15 +121,16 @@ class EncodedTexts:
 class TextEncoder:
     """normalize_text, then the trained tokenizer on the whole batch at once, then truncation."""
 
-    def __init__(self, tokenizer: Tokenizer, max_tokens: int, lowercase: bool = True):
+    def __init__(self, tokenizer: Tokenizer, max_tokens: int, lowercase: bool = True, pad_token: str = PAD_TOKEN):
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
-        pad_id = tokenizer.token_to_id(PAD_TOKEN)
+        pad_id = tokenizer.token_to_id(pad_token)
         if pad_id is None:
-            raise ValueError(f"the tokenizer has no {PAD_TOKEN!r} token; train it with train_tokenizer()")
+            raise ValueError(f"the tokenizer has no {pad_token!r} token; train it with train_tokenizer()")
         self.tokenizer = tokenizer
         self.max_tokens = int(max_tokens)
         self.lowercase = bool(lowercase)
+        self.pad_token = pad_token  # another name than <pad>: an imported tokenizer's ([PAD] ...)
         self.pad_id = pad_id
 
     @classmethod
@@ -127,15 +139,18 @@ class TextEncoder:
         path = Path(directory) / TOKENIZER_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: a text export carries its tokenizer")
-        return cls(Tokenizer.from_file(str(path)), preprocess["max_tokens"], preprocess["lowercase"])
+        return cls(Tokenizer.from_file(str(path)), preprocess["max_tokens"], preprocess["lowercase"],
+                   preprocess.get("pad_token", PAD_TOKEN))
 
     @property
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
     def preprocess_params(self) -> dict:
-        """What model.json records so that `from_export` rebuilds this encoder."""
-        return {"max_tokens": self.max_tokens, "lowercase": self.lowercase}
+        """What model.json records so that `from_export` rebuilds this encoder (the pad token only when
+        it is not <pad>, which every export before it had)."""
+        params = {"max_tokens": self.max_tokens, "lowercase": self.lowercase}
+        return params if self.pad_token == PAD_TOKEN else {**params, "pad_token": self.pad_token}
 
     def normalize(self, text: str) -> str:
         return normalize_text(text, self.lowercase)

@@ -13,8 +13,8 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 from model_defs.export import LABELS_FILE, labels_in_order
 from model_defs.export import MODEL_JSON, check_format_version, read_spec
-
-TORCH_RUNTIME = "torch"  # model.json's runtime when it names none: an eager export (ONNX ones say "onnxruntime")
+# model.json's runtime: none for an eager export ("torch"), "onnxruntime", "torchscript" (an imported archive)
+from model_defs.serving import TORCH_RUNTIME, TORCHSCRIPT_RUNTIME
 
 
 @dataclass(frozen=True)
@@ -29,9 +29,10 @@ class ModelKind:
 
     @property
     def explainable(self) -> bool:
-        """Whether /explanations serves it: Captum differentiates the torch runtime only (the others
-        answer 400 naming the eager model, docs/explanations.md)."""
-        return self.runtime == TORCH_RUNTIME
+        """Whether /explanations serves it: Captum differentiates the torch runtimes only (ONNX ones
+        answer 400 naming the eager model, docs/explanations.md), and an imported TorchScript text
+        model hides the token embeddings its explanations need (handlers/model_runtime.py)."""
+        return self.runtime == TORCH_RUNTIME or (self.runtime == TORCHSCRIPT_RUNTIME and self.modality != "text")
 
 
 def export_kind(export_dir: Path) -> ModelKind:

@@ -3,6 +3,7 @@
     python -m train.audio                      # seeded synthetic sounds (7 classes), about a minute on 2 cores
     python -m train.audio --data DIR           # your clips: DIR/<class name>/<clip>.wav|.flac|.ogg
     python -m train.audio --epochs 0 --out DIR # untrained: seeded initial weights
+    python -m train.audio --data DIR --init-weights exports/audio_classifier   # continue from an export
 
 Every clip, synthetic or yours, goes through model_defs.audio.prepare_clip, the function the handler
 calls: synthetic clips (train/synthetic_sounds.py) are generated at several sample rates, channel
@@ -25,11 +26,14 @@ from model_defs.audio import AudioInputError, AudioPreprocessing, LogMelSpectrog
 from model_defs.export import write_export
 from model_defs.registry import build_model
 from train import synthetic_sounds
+from train.init_weights import (add_init_arguments, apply_initial_weights, initial_weights, initialized_from,
+                                parameter_groups)
 from train.common import (DataError, add_training_arguments, architecture_of, class_folders, export_metrics, fit,
                           fraction, per_class_heldout_split, print_summary, run, seed_everything, untrained_metrics,
                           use_threads)
 
 MODEL_NAME = "audio_classifier"
+DEFAULT_ARCH = "log_mel_cnn"
 LAYOUT = "<class name>/<clip>.wav|.flac|.ogg"
 
 
@@ -83,18 +87,26 @@ def per_class_accuracy(probabilities: torch.Tensor, labels: torch.Tensor, class_
     }
 
 
+def model_args_for(preprocessing: AudioPreprocessing, num_classes: int) -> dict:
+    """log_mel_cnn's constructor arguments, as this script trains it (and an import assumes them)."""
+    return {"n_mels": preprocessing.n_mels, "num_classes": num_classes, "channels": [8, 16, 32, 64, 64], "dropout": 0.1}
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train.audio", description="Train the audio classifier (log-mel CNN)")
     parser.add_argument("--data", type=Path, default=None,
                         help=f"folder of class subfolders, DIR/{LAYOUT}; default: generated sounds")
-    parser.add_argument("--arch", default="log_mel_cnn", type=architecture_of("audio"),
-                        help="a registered audio architecture (default log_mel_cnn, a CNN over log-mel spectrograms)")
+    parser.add_argument("--arch", type=architecture_of("audio"),
+                        help=f"a registered audio architecture (default {DEFAULT_ARCH}, a CNN over log-mel spectrograms; "
+                             "or the --init-weights export's)")
     parser.add_argument("--train-per-class", type=int, default=200, help="generated training clips per class (demo data only)")
     parser.add_argument("--heldout-per-class", type=int, default=100, help="generated held-out clips per class (demo data only)")
     parser.add_argument("--heldout-fraction", type=fraction, default=0.2, help="share of each --data class held out for accuracy")
     parser.add_argument("--sample-rate", type=int, default=AudioPreprocessing.sample_rate, help="model sample rate (Hz)")
     parser.add_argument("--window-seconds", type=float, default=AudioPreprocessing.window_seconds,
-                        help="clip window the model sees; shorter clips are padded, longer ones cropped")
+                        help="clip window the model sees; shorter clips are padded, longer ones cropped (with "
+                             "--init-weights of an export: the export's, as its sample rate)")
+    add_init_arguments(parser, "audio")
     # One thread: this CNN is too small to gain much from intra-op parallelism, and on a machine busy
     # with other work 2 threads measured 27 s per epoch against 3 s for 1 (2 cores).
     return add_training_arguments(parser, MODEL_NAME, epochs=8, batch_size=64, lr=3e-3, weight_decay=1e-4, threads=1)
@@ -103,7 +115,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args) -> dict:
     started = time.perf_counter()
     seed_everything(args.seed)
-    preprocessing = AudioPreprocessing(sample_rate=args.sample_rate, window_seconds=args.window_seconds)
+    initial = initial_weights(args, "audio", DEFAULT_ARCH)
+    if initial is not None and initial.spec is not None:
+        # The export's features, which its weights were trained on (a CNN's filters are per mel band).
+        preprocessing = AudioPreprocessing.from_dict(initial.spec["preprocess"])
+        args.sample_rate, args.window_seconds = preprocessing.sample_rate, preprocessing.window_seconds
+    else:
+        preprocessing = AudioPreprocessing(sample_rate=args.sample_rate, window_seconds=args.window_seconds)
     feature_extractor = LogMelSpectrogram(preprocessing)
 
     data_description = str(args.data) if args.data else f"generated sounds (seed {args.seed})"
@@ -129,10 +147,21 @@ def main(args) -> dict:
         waveforms, targets = batch
         return model(feature_extractor(waveforms)), targets
 
-    model_args = {"n_mels": preprocessing.n_mels, "num_classes": len(class_names), "channels": [8, 16, 32, 64, 64], "dropout": 0.1}
+    if initial is not None and initial.spec is not None:
+        model_args = {**initial.spec["model_args"], "num_classes": len(class_names)}
+    else:
+        model_args = model_args_for(preprocessing, len(class_names))
     model = build_model(args.arch, modality="audio", **model_args)
+    groups, extra_spec = None, None
+    if initial is not None:
+        head = apply_initial_weights(model, initial, arch=args.arch, modality="audio", model_args=model_args,
+                                     labels=list(class_names))
+        groups = parameter_groups(model, head, args.lr, freeze_backbone=args.freeze_backbone,
+                                  backbone_lr_scale=args.backbone_lr_scale)
+        extra_spec = {"initialized_from": initialized_from(initial, head, args)}
     if args.epochs == 0:
-        metrics, detail = untrained_metrics(args.seed, data=data_description, started=started), ""
+        metrics = untrained_metrics(args.seed, data=data_description, started=started, init_weights=args.init_weights)
+        detail = ""
     else:
         print(f"{len(class_names)} classes, {len(train_y)} training / {len(heldout_y)} held-out clips from "
               f"{data_description}, {threads} threads, data ready in {time.perf_counter() - started:.0f}s", flush=True)
@@ -141,7 +170,7 @@ def main(args) -> dict:
                                   drop_last=len(train_y) > args.batch_size, generator=loader_generator)
         heldout_loader = DataLoader(TensorDataset(heldout_x, heldout_y), batch_size=256)
         fitted = fit(model, train_loader, heldout_loader, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
-                     optimizer=args.optimizer, forward=classify, label_smoothing=0.05)
+                     optimizer=args.optimizer, forward=classify, label_smoothing=0.05, parameter_groups=groups)
         fitted["heldout_accuracy_per_class"] = per_class_accuracy(
             predict_probabilities(model, feature_extractor, heldout_x), heldout_y, class_names)
         metrics = export_metrics(fitted, train_examples=len(train_y), heldout_examples=len(heldout_y),
@@ -151,7 +180,7 @@ def main(args) -> dict:
 
     out = write_export(args.out, model, name=MODEL_NAME, modality="audio", arch=args.arch, model_args=model_args,
                        preprocess=preprocessing.to_dict(), labels=list(class_names), metrics=metrics,
-                       training_args=vars(args), packages=("torch", "torchaudio", "soundfile"))
+                       training_args=vars(args), packages=("torch", "torchaudio", "soundfile"), extra_spec=extra_spec)
     print_summary(metrics, "clips", out, detail=detail)
     return metrics
 

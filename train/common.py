@@ -20,17 +20,22 @@ REPO_ROOT = Path(__file__).resolve().parents[1]  # default --out is in the check
 
 
 # ---- the command line ----------------------------------------------------------------------------
-class DataError(Exception):
+class CommandError(Exception):
+    """An input of the command cannot be used; the message names it and the problem."""
+
+
+class DataError(CommandError):
     """--data cannot be used; the message names the path and the problem."""
 
 
-def run(main: Callable, parser: argparse.ArgumentParser):
-    """A training script's entry point: parse its command line and train. A DataError ends it the
-    way argparse ends a bad argument, `<prog>: error: <message>` and exit status 2, not a traceback."""
-    args = parser.parse_args()
+def run(main: Callable, parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None):
+    """A script's entry point: parse its command line (`argv`, default sys.argv) and run. A CommandError
+    ends it the way argparse ends a bad argument, `<prog>: error: <message>` and exit status 2, not a
+    traceback."""
+    args = parser.parse_args(argv)
     try:
         return main(args)
-    except DataError as error:
+    except CommandError as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
 
 
@@ -98,12 +103,14 @@ def _is_hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
-def class_folders(root: Path, suffixes: Optional[Collection[str]] = None) -> Tuple[List[str], List[List[Path]]]:
+def class_folders(root: Path, suffixes: Optional[Collection[str]] = None,
+                  min_files: int = 2) -> Tuple[List[str], List[List[Path]]]:
     """The classes of a folder data set, root/<class name>/<file>, and each class's files (sorted,
     subfolders included). Hidden folders and files are skipped. `suffixes` keeps only files with
     those endings (any case); None keeps every file, so that a stray one fails loudly when read
-    rather than being skipped. DataError unless there are 2 classes or more, each of at least 2
-    files (one to train on, one to evaluate): an empty class folder is reported, not ignored."""
+    rather than being skipped. DataError unless there are 2 classes or more, each of at least
+    `min_files` files (2 to train: one to train on, one to evaluate; 1 to evaluate only): an empty
+    class folder is reported, not ignored."""
     matching = f" ending in {', '.join(sorted(suffixes))}" if suffixes else ""
     layout = f"{root}/<class name>/<file>{matching}"
     if not root.is_dir():
@@ -117,9 +124,10 @@ def class_folders(root: Path, suffixes: Optional[Collection[str]] = None) -> Tup
             if path.is_file() and not _is_hidden(path, class_dir)
             and (suffixes is None or path.suffix.lower() in suffixes)
         )
-        if len(files) < 2:
-            raise DataError(f"class folder {class_dir} has {len(files)} file(s){matching}; each class needs at least 2 "
-                            "(one to train on, one to evaluate)")
+        if len(files) < min_files:
+            why = " (one to train on, one to evaluate)" if min_files == 2 else ""
+            raise DataError(f"class folder {class_dir} has {len(files)} file(s){matching}; each class needs at least "
+                            f"{min_files}{why}")
         files_per_class.append(files)
     return [path.name for path in class_dirs], files_per_class
 
@@ -206,19 +214,24 @@ def evaluate(model: nn.Module, loader, forward: Callable) -> float:
 OPTIMIZERS = ("adamw", "sgd")
 
 
-def make_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def make_optimizer(name: str, parameters, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """`parameters`: a model's parameters, or parameter groups each with its own "lr"."""
     if name == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
     if name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+        return torch.optim.SGD(parameters, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}; valid choices: {', '.join(OPTIMIZERS)}")
 
 
 def fit(model, train_loader, heldout_loader, *, epochs: int, lr: float, weight_decay: float,
-        forward: Callable, optimizer: str = "adamw", label_smoothing: float = 0.0, log=print) -> dict:
-    """Train with a one-cycle schedule; prints each epoch; returns the held-out accuracy and time."""
-    optimizer = make_optimizer(optimizer, model, lr, weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * len(train_loader), pct_start=0.15)
+        forward: Callable, optimizer: str = "adamw", label_smoothing: float = 0.0, log=print,
+        parameter_groups: Optional[List[dict]] = None) -> dict:
+    """Train with a one-cycle schedule; prints each epoch; returns the held-out accuracy and time.
+    `parameter_groups` (each with its peak "lr"; a fine-tuning's, train/init_weights.py) replace the
+    model's parameters at `lr`."""
+    optimizer = make_optimizer(optimizer, parameter_groups or model.parameters(), lr, weight_decay)
+    max_lr = [group["lr"] for group in parameter_groups] if parameter_groups else lr
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=epochs * len(train_loader), pct_start=0.15)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     started = time.perf_counter()
     accuracy = 0.0
@@ -237,13 +250,15 @@ def export_metrics(fitted: dict, *, train_examples: int, heldout_examples: int, 
             "total_seconds": round(time.perf_counter() - started, 1)}
 
 
-def untrained_metrics(seed: int, *, data: str, started: float) -> dict:
+def untrained_metrics(seed: int, *, data: str, started: float, init_weights: Optional[str] = None) -> dict:
     """--epochs 0's metrics: the model as built from `seed` (the weights a training run with this seed
-    starts from), exported without generating, reading or evaluating any example."""
+    starts from; with `init_weights`, those weights and a head from `seed` where it is new), exported
+    without generating, reading or evaluating any example."""
     # No accuracy is claimed: a random model's is chance (1/classes), and measuring it would mean making
     # the held-out set --epochs 0 skips. null with the reason beside it, not a number read as a result.
+    initial = f"--init-weights {init_weights}" if init_weights else f"seed {seed}"
     fitted = {"heldout_accuracy": None, "train_seconds": 0.0, "epochs": 0,
-              "untrained": f"--epochs 0: initial weights from seed {seed}, not trained or evaluated"}
+              "untrained": f"--epochs 0: initial weights from {initial}, not trained or evaluated"}
     return export_metrics(fitted, train_examples=0, heldout_examples=0, data=data, started=started)
 
 

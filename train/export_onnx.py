@@ -24,6 +24,7 @@ from model_defs.export import load_export, read_spec
 from model_defs.image import draft_min_side, eval_transform
 from model_defs.onnx_export import INT8_SUFFIX, ONNX_SUFFIX, export_int8, export_onnx, weights_digest
 from model_defs.onnx_runtime import RUNTIME
+from model_defs.torchscript_runtime import RUNTIME as TORCHSCRIPT_RUNTIME
 from train import image as image_training
 from train.common import DataError, evaluate, run, use_all_cores
 
@@ -54,7 +55,9 @@ def image_sets(spec: dict, data, calibration_size: int):
     The trainer's own functions and arguments (model.json's "training") make them, so the held-out
     images are exactly those the fp32 accuracy in model.json was measured on.
     """
-    args = argparse.Namespace(**spec["training"])
+    # The trainer's defaults under the recorded arguments: an imported export records the import's
+    # arguments (its --data, no seed or held-out share).
+    args = argparse.Namespace(**{**vars(image_training.get_args_parser().parse_args([])), **spec["training"]})
     args.data = Path(data) if data else (Path(args.data) if args.data else None)
     params = spec["preprocess"]
     if args.data:
@@ -80,8 +83,13 @@ def export_image_int8(args, base_dir: Path, onnx_dir: Path, out_dir: Path) -> di
     classes, calibration_set, heldout_set = image_sets(spec, args.data, args.calibration_size)
     eager = load_export(base_dir)
     if list(classes) != eager.labels:
-        raise DataError(f"the classes of {args.data} ({', '.join(classes)}) are not the model's labels "
-                        f"({', '.join(eager.labels)})")
+        if not set(classes) <= set(eager.labels):
+            data = args.data or spec["training"].get("data")
+            raise DataError(f"the classes of {data} ({', '.join(classes)}) are not the model's labels "
+                            f"({', '.join(eager.labels)})")
+        # An imported model's labels are in its output order, not the folders' sorted one: map by name.
+        for dataset in (calibration_set, heldout_set):
+            dataset.samples = [(path, eager.labels.index(classes[label])) for path, label in dataset.samples]
     heldout = DataLoader(heldout_set, batch_size=64)
     fp32_accuracy = round(evaluate(eager.model, heldout, image_training.image_batch), 4)
 
@@ -108,8 +116,14 @@ def main(args):
     base_dir = args.exports_dir / args.name
     if not (base_dir / "model.json").exists():
         fail(f"{base_dir} is not an export (no model.json); train it first")
-    if read_spec(base_dir).get("runtime") == RUNTIME:
+    spec = read_spec(base_dir)
+    if spec.get("runtime") == RUNTIME:
         fail(f"{base_dir} is an ONNX export already; name the eager export it came from")
+    if spec.get("runtime") == TORCHSCRIPT_RUNTIME:
+        fail(f"{base_dir} is an imported TorchScript archive, which has no weights to export: import the model's "
+             "weights (a state_dict) instead, or export its ONNX graph yourself and import that")
+    if args.int8 and "imported" in spec and not (args.data or spec["training"].get("data")):
+        fail(f"{base_dir} was imported without --data: calibrate and evaluate int8 on your images with --data DIR")
     onnx_dir = args.exports_dir / f"{args.name}{ONNX_SUFFIX}"
     if args.int8:
         out_dir = args.exports_dir / f"{args.name}{INT8_SUFFIX}"

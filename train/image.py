@@ -4,6 +4,8 @@
     python -m train.image --data DIR           # your ImageFolder: DIR/<class>/*.jpg
     python -m train.image --arch resnet50 --image-size 224 --data DIR
     python -m train.image --epochs 0 --image-size 224 --resize 256 --out DIR   # untrained: seeded initial weights
+    python -m train.image --data DIR --init-weights exports/image_classifier   # fine-tune an export
+    python -m train.image --data DIR --arch resnet50 --init-weights IMAGENET1K_V2 --backbone-lr-scale 0.1
 
 Writes exports/image_classifier/ (weights.pt, model.json, index_to_name.json), which archive.sh packs.
 """
@@ -20,24 +22,32 @@ from model_defs.export import write_export
 from model_defs.image import draft_min_side, eval_transform, load_image, preprocess_params
 from model_defs.registry import build_model
 from train import synthetic_shapes
-from train.common import (add_training_arguments, architecture_of, class_folders, export_metrics, fit, fraction,
-                          per_class_heldout_split, print_summary, run, seed_everything, untrained_metrics, use_threads)
+from train.common import (add_training_arguments, architecture_of, class_folders, export_metrics, fit,
+                          fraction, per_class_heldout_split, print_summary, run, seed_everything, untrained_metrics,
+                          use_threads)
+from train.init_weights import (add_init_arguments, apply_initial_weights, initial_weights, initialized_from,
+                                parameter_groups)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+DEFAULT_ARCH = "resnet18"
 MAX_TRAIN_PIXELS = 100_000_000
 
 
 def get_args_parser():
     parser = argparse.ArgumentParser(prog="python -m train.image", description="Train the image classifier")
     parser.add_argument("--data", type=Path, help="ImageFolder directory (one subfolder per class); default: generated shapes")
-    parser.add_argument("--arch", default="resnet18", type=architecture_of("image"),
-                        help="any torchvision classification architecture (default resnet18)")
-    parser.add_argument("--image-size", type=int, help="crop size fed to the model (default: 32 for the demo shapes, 224 for --data)")
-    parser.add_argument("--resize", type=int, help="shorter side before the centre crop (default: the image size for the demo, 256/224 of it for --data)")
+    parser.add_argument("--arch", type=architecture_of("image"),
+                        help=f"any torchvision classification architecture (default {DEFAULT_ARCH}, or the "
+                             "--init-weights export's)")
+    parser.add_argument("--image-size", type=int, help="crop size fed to the model (default: what --init-weights was "
+                                                        "trained at, else 32 for the demo shapes, 224 for --data)")
+    parser.add_argument("--resize", type=int, help="shorter side before the centre crop (default: in --init-weights' "
+                                                    "proportion, else the image size for the demo, 256/224 of it for --data)")
     parser.add_argument("--train-size", type=int, default=5800, help="generated training images (demo data only)")
     parser.add_argument("--heldout-size", type=int, default=1200, help="generated held-out images (demo data only)")
     parser.add_argument("--heldout-fraction", type=fraction, default=0.2, help="share of each --data class held out for accuracy")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for --data")
+    add_init_arguments(parser, "image")
     return add_training_arguments(parser, "image_classifier", epochs=3, batch_size=32, lr=1e-3, weight_decay=5e-4,
                                   threads=0)
 
@@ -104,15 +114,28 @@ def demo_datasets(args, params):
     return list(synthetic_shapes.SHAPES), tensors(args.train_size, args.seed), tensors(args.heldout_size, args.seed + 1)
 
 
+def image_preprocessing(args, initial) -> dict:
+    """The preprocessing to train and serve with: what --init-weights expects (an export's, torchvision's
+    transforms) unless the sizes are given, else the demo's (32 px) or the ImageNet convention (--data)."""
+    expected = (initial.spec["preprocess"] if initial and initial.spec else initial.preprocess if initial else {})
+    if args.image_size is None:
+        args.image_size = expected.get("crop") or (224 if args.data else 32)
+    if args.resize is None and expected.get("crop"):
+        args.resize = round(args.image_size * expected["resize"] / expected["crop"])
+    if args.resize is None and args.data:
+        args.resize = round(args.image_size * 256 / 224)  # the ImageNet convention: resize 256, crop 224
+    if not expected:
+        return preprocess_params(args.image_size, args.resize)
+    return preprocess_params(args.image_size, args.resize, expected["mean"], expected["std"],
+                             expected.get("channel_order", "RGB"))
+
+
 def main(args):
     seed_everything(args.seed)
     threads = use_threads(args.threads)
     started = time.perf_counter()
-    if args.image_size is None:
-        args.image_size = 224 if args.data else 32
-    if args.resize is None and args.data:
-        args.resize = round(args.image_size * 256 / 224)  # the ImageNet convention: resize 256, crop 224
-    params = preprocess_params(args.image_size, args.resize)
+    initial = initial_weights(args, "image", DEFAULT_ARCH)
+    params = image_preprocessing(args, initial)
     data = str(args.data) if args.data else "generated shapes"
     if args.epochs == 0:  # the class names only: no image is generated or read
         classes = class_folders(args.data, IMAGE_SUFFIXES)[0] if args.data else list(synthetic_shapes.SHAPES)
@@ -125,9 +148,17 @@ def main(args):
 
     model_args = {"num_classes": len(classes), "image_size": args.image_size}
     model = build_model(args.arch, modality="image", **model_args)
-    zero_init_residual_branches(model)
+    groups, extra_spec = None, None
+    if initial is None:
+        zero_init_residual_branches(model)
+    else:
+        head = apply_initial_weights(model, initial, arch=args.arch, modality="image", model_args=model_args,
+                                     labels=list(classes))
+        groups = parameter_groups(model, head, args.lr, freeze_backbone=args.freeze_backbone,
+                                  backbone_lr_scale=args.backbone_lr_scale)
+        extra_spec = {"initialized_from": initialized_from(initial, head, args)}
     if args.epochs == 0:
-        metrics = untrained_metrics(args.seed, data=data, started=started)
+        metrics = untrained_metrics(args.seed, data=data, started=started, init_weights=args.init_weights)
     else:
         print(f"{len(classes)} classes, {len(train_set)} training / {len(heldout_set)} held-out images, "
               f"{threads} threads, data ready in {time.perf_counter() - started:.0f}s")
@@ -135,13 +166,13 @@ def main(args):
                                   drop_last=len(train_set) > args.batch_size, **loader_args)
         heldout_loader = DataLoader(heldout_set, batch_size=256, **loader_args)
         fitted = fit(model, train_loader, heldout_loader, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
-                     optimizer=args.optimizer, forward=image_batch, label_smoothing=0.05)
+                     optimizer=args.optimizer, forward=image_batch, label_smoothing=0.05, parameter_groups=groups)
         metrics = export_metrics(fitted, train_examples=len(train_set), heldout_examples=len(heldout_set), data=data,
                                  started=started)
 
     write_export(args.out, model, name="image_classifier", modality="image", arch=args.arch,
                  model_args=model_args, preprocess=params, labels=classes, metrics=metrics,
-                 training_args=vars(args), packages=("torch", "torchvision"))
+                 training_args=vars(args), packages=("torch", "torchvision"), extra_spec=extra_spec)
     print_summary(metrics, "images", args.out)
     return metrics
 

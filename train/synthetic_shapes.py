@@ -5,9 +5,11 @@ anyone can draw a test image for it (a red star on a striped background is a `st
 Each image varies shape size, position, rotation, colour and background (flat, gradient, stripes,
 checkerboard, noise). Rendering is at 4x and downsampled, so edges are antialiased like a photo.
 """
+import argparse
 import math
 import random
-from typing import List, Tuple
+from pathlib import Path
+from typing import List, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -135,3 +137,33 @@ def generate(count: int, size: int, seed: int) -> Tuple[List[Image.Image], List[
         images.append(render_shape(SHAPES[label], size, seed=seed * 1_000_003 + i))
         labels.append(label)
     return images, labels
+
+
+def write_folder(root: Path, per_class: int, size: int, seed: int, shapes: Sequence[str] = SHAPES) -> Path:
+    """An ImageFolder of generated PNGs, root/<shape>/<n>.png: data in the layout `--data` takes, to try
+    the training and import commands on without a data set of one's own."""
+    images, labels = generate(per_class * len(SHAPES), size, seed)
+    for image, label in zip(images, labels):
+        if SHAPES[label] in shapes:
+            folder = Path(root) / SHAPES[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            image.save(folder / f"{len(list(folder.iterdir())):04d}.png")
+    return Path(root)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m train.synthetic_shapes",
+                                     description="Write generated shapes as an image folder (DIR/<shape>/<n>.png)")
+    parser.add_argument("--out", type=Path, required=True, help="the folder to write (added to when it exists)")
+    parser.add_argument("--per-class", type=int, default=20, help="images per shape (default 20)")
+    parser.add_argument("--size", type=int, default=32, help="pixels per side (default 32, the demo model's)")
+    parser.add_argument("--seed", type=int, default=7, help="default 7: not the demo model's training seed (0) "
+                                                            "nor its held-out one (1)")
+    parser.add_argument("--shapes", nargs="+", choices=SHAPES, default=list(SHAPES), help="default: all six")
+    return parser
+
+
+if __name__ == "__main__":
+    arguments = get_args_parser().parse_args()
+    out = write_folder(arguments.out, arguments.per_class, arguments.size, arguments.seed, arguments.shapes)
+    print(f"{out}: {arguments.per_class} images of each of {', '.join(arguments.shapes)}")

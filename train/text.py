@@ -5,6 +5,7 @@
     python -m train.text --data tickets.jsonl         # or JSON Lines: {"text": "...", "label": "..."}
     python -m train.text --arch text_transformer      # the small TransformerEncoder instead
     python -m train.text --epochs 0 --out DIR         # untrained: seeded initial weights, byte-level tokenizer
+    python -m train.text --data tickets.csv --init-weights exports/text_classifier   # continue from an export
 
 Trains a byte-level BPE tokenizer on the training texts, then the model, and writes
 exports/text_classifier/ (weights.pt, model.json, index_to_name.json, tokenizer.json).
@@ -16,6 +17,10 @@ out instead.
 
 --epochs 0 has no training texts to learn BPE merges from: its tokenizer is the byte alphabet alone,
 and the model's vocabulary that size.
+
+--init-weights starts from an export's weights (or a weights file's, with --tokenizer): the tokenizer is
+then the one the weights were trained with, never a new one, since the embeddings are rows of its
+vocabulary; from an export, its architecture, constructor arguments and preprocessing come too.
 """
 import argparse
 import csv
@@ -29,10 +34,13 @@ from typing import List, Sequence, Tuple
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from tokenizers import Tokenizer
+
 from model_defs.export import write_export
 from model_defs.registry import build_model
-from model_defs.text import TOKENIZER_FILE, TextEncoder, normalize_text, train_tokenizer
+from model_defs.text import TOKENIZER_FILE, TextEncoder, find_pad_token, normalize_text, train_tokenizer
 from train.common import (
+    CommandError,
     DataError,
     add_training_arguments,
     architecture_of,
@@ -47,8 +55,11 @@ from train.common import (
     untrained_metrics,
     use_threads,
 )
+from train.init_weights import (add_init_arguments, apply_initial_weights, initial_weights, initialized_from,
+                                parameter_groups)
 from train.synthetic_messages import INTENTS, generate_messages, split_templates
 
+DEFAULT_ARCH = "text_embedding_bag"
 DATA_SUFFIXES = {".csv": "CSV with a header row and columns text,label", ".jsonl": "JSON Lines", ".ndjson": "JSON Lines"}
 
 
@@ -57,8 +68,9 @@ def get_args_parser():
     parser.add_argument("--data", type=Path,
                         help="CSV (columns text,label) or JSON Lines ({\"text\": ..., \"label\": ...}); "
                              "default: generated customer-support messages")
-    parser.add_argument("--arch", default="text_embedding_bag", type=architecture_of("text"),
-                        help="text_embedding_bag (default: mean of token embeddings) or text_transformer")
+    parser.add_argument("--arch", type=architecture_of("text"),
+                        help=f"{DEFAULT_ARCH} (default: mean of token embeddings; or the --init-weights export's) "
+                             "or text_transformer")
     parser.add_argument("--vocab-size", type=int, default=2000, help="BPE vocabulary size, special tokens included")
     parser.add_argument("--max-tokens", type=int, default=128, help="longer texts are truncated to this many tokens")
     parser.add_argument("--no-lowercase", dest="lowercase", action="store_false", help="keep case (default: case-fold)")
@@ -73,6 +85,9 @@ def get_args_parser():
     parser.add_argument("--heldout-per-intent", type=int, default=150,
                         help="generated held-out messages per intent (demo data only)")
     parser.add_argument("--heldout-fraction", type=fraction, default=0.2, help="share of --data held out for accuracy")
+    parser.add_argument("--tokenizer", type=Path, help="a tokenizer.json to use instead of training one (required with "
+                                                       "--init-weights of a weights file: the one it was trained with)")
+    add_init_arguments(parser, "text")
     # One thread: these models are small enough that more threads mostly add synchronisation; on 2 busy
     # cores a training step took 2 ms with 1 thread, 20-45 ms with 2.
     return add_training_arguments(parser, "text_classifier", epochs=8, batch_size=64, lr=None, weight_decay=1e-4,
@@ -205,10 +220,41 @@ def model_args_for(args, vocab_size: int, num_classes: int, pad_id: int) -> dict
     return model_args
 
 
+def text_initial_weights(args):
+    """--init-weights resolved (None without it); a weights file needs the tokenizer it was trained with."""
+    initial = initial_weights(args, "text", DEFAULT_ARCH)
+    if initial is not None and initial.spec is not None and args.tokenizer is not None:
+        raise CommandError(f"--tokenizer with --init-weights {args.init_weights}: an export's weights go with its own "
+                           "tokenizer, which is used; leave --tokenizer out")
+    if initial is not None and initial.spec is None and args.tokenizer is None:
+        raise CommandError(f"--init-weights {args.init_weights} needs --tokenizer: the tokenizer.json the weights were "
+                           "trained with (their embeddings are rows of its vocabulary)")
+    return initial
+
+
+def given_encoder(args, initial):
+    """The encoder of --init-weights' export or of --tokenizer (args' max_tokens and lowercase set to
+    what it uses, for model.json's record), or None when a tokenizer is to be trained."""
+    if initial is not None and initial.spec is not None:
+        encoder = TextEncoder.from_export(initial.directory, initial.spec["preprocess"])
+        print(f"tokenizer and preprocessing from {initial.directory}: {encoder.preprocess_params()}")
+    elif args.tokenizer is not None:
+        try:
+            tokenizer = Tokenizer.from_file(str(args.tokenizer))
+            encoder = TextEncoder(tokenizer, args.max_tokens, args.lowercase, find_pad_token(tokenizer))
+        except Exception as error:  # tokenizers raises its own Exception subclass for an unreadable file
+            raise CommandError(f"--tokenizer {args.tokenizer}: {error}") from None
+    else:
+        return None
+    args.max_tokens, args.lowercase = encoder.max_tokens, encoder.lowercase
+    return encoder
+
+
 def main(args):
     seed_everything(args.seed)
     threads = use_threads(args.threads)
     started = time.perf_counter()
+    initial = text_initial_weights(args)
     if args.epochs == 0:  # the class names only: no message is generated, no text of --data is used
         train_texts, classes = [], sorted(set(read_labelled_texts(args.data)[1]) if args.data else INTENTS)
         data_description = str(args.data) if args.data else "generated support messages"
@@ -218,14 +264,27 @@ def main(args):
         )
         classes = sorted(set(train_labels) | set(heldout_labels))
 
-    # The tokenizer sees only the training texts: held-out words must be as new to it as to the model.
-    tokenizer = train_tokenizer((normalize_text(text, args.lowercase) for text in train_texts), args.vocab_size)
-    encoder = TextEncoder(tokenizer, args.max_tokens, args.lowercase)
-    model_args = model_args_for(args, encoder.vocab_size, len(classes), encoder.pad_id)
+    encoder = given_encoder(args, initial)
+    if encoder is None:
+        # The tokenizer sees only the training texts: held-out words must be as new to it as to the model.
+        tokenizer = train_tokenizer((normalize_text(text, args.lowercase) for text in train_texts), args.vocab_size)
+        encoder = TextEncoder(tokenizer, args.max_tokens, args.lowercase)
+    if initial is not None and initial.spec is not None:
+        model_args = {**initial.spec["model_args"], "num_classes": len(classes)}
+    else:
+        model_args = model_args_for(args, encoder.vocab_size, len(classes), encoder.pad_id)
     model = build_model(args.arch, modality="text", **model_args)
+    groups, extra_spec = None, None
+    lr = args.lr or (5e-3 if args.arch == "text_transformer" else 2e-2)
+    if initial is not None:
+        head = apply_initial_weights(model, initial, arch=args.arch, modality="text", model_args=model_args,
+                                     labels=classes)
+        groups = parameter_groups(model, head, lr, freeze_backbone=args.freeze_backbone,
+                                  backbone_lr_scale=args.backbone_lr_scale)
+        extra_spec = {"initialized_from": initialized_from(initial, head, args)}
 
     if args.epochs == 0:
-        metrics = untrained_metrics(args.seed, data=data_description, started=started)
+        metrics = untrained_metrics(args.seed, data=data_description, started=started, init_weights=args.init_weights)
     else:
         class_index = {name: i for i, name in enumerate(classes)}
         train_loader = text_loader(model, encoder, train_texts, [class_index[label] for label in train_labels],
@@ -233,19 +292,18 @@ def main(args):
         heldout_loader = text_loader(model, encoder, heldout_texts, [class_index[label] for label in heldout_labels], 256)
         print(f"{len(classes)} classes, {len(train_texts)} training / {len(heldout_texts)} held-out texts, "
               f"vocabulary {encoder.vocab_size}, {threads} threads, data ready in {time.perf_counter() - started:.1f}s")
-        lr = args.lr or (5e-3 if args.arch == "text_transformer" else 2e-2)
         fitted = fit(model, train_loader, heldout_loader, epochs=args.epochs, lr=lr, weight_decay=args.weight_decay,
-                     optimizer=args.optimizer, forward=text_batch, label_smoothing=0.05)
+                     optimizer=args.optimizer, forward=text_batch, label_smoothing=0.05, parameter_groups=groups)
         metrics = export_metrics(fitted, train_examples=len(train_texts), heldout_examples=len(heldout_texts),
                                  data=data_description, started=started)
 
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer_path = Path(scratch) / TOKENIZER_FILE
-        tokenizer.save(str(tokenizer_path))
+        encoder.tokenizer.save(str(tokenizer_path))
         write_export(args.out, model, name="text_classifier", modality="text", arch=args.arch,
                      model_args=model_args, preprocess=encoder.preprocess_params(), labels=classes,
                      metrics=metrics, training_args=vars(args), extra_files={TOKENIZER_FILE: tokenizer_path},
-                     packages=("torch", "tokenizers"))
+                     packages=("torch", "tokenizers"), extra_spec=extra_spec)
     print_summary(metrics, "texts", args.out)
     return metrics
 

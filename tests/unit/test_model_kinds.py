@@ -6,7 +6,7 @@ import zipfile
 import pytest
 
 from export_paths import export_dir
-from model_defs.export import EXPORT_FORMAT_VERSION, MODEL_JSON, load_export, read_spec
+from model_defs.export import BASE_FORMAT_VERSION, EXPORT_FORMAT_VERSION, MODEL_JSON, load_export, read_spec
 from scripts import samples
 from scripts.model_store import ModelKind, export_kind, kinds, read_archive, scan
 from scripts.serve import curl_lines
@@ -68,7 +68,10 @@ def test_a_newer_export_format_is_refused_with_what_to_do(tmp_path):
 
 
 def test_the_current_format_reads_and_a_model_json_without_one_is_refused(tmp_path):
-    assert read_spec(export_dir("image_classifier"))["format_version"] == EXPORT_FORMAT_VERSION
+    # A plain export is written in the base format, which a bundle that knows no newer one still serves.
+    assert read_spec(export_dir("image_classifier"))["format_version"] == BASE_FORMAT_VERSION
+    copy_spec("image_classifier", tmp_path / "newest", format_version=EXPORT_FORMAT_VERSION)
+    assert read_spec(tmp_path / "newest")["format_version"] == EXPORT_FORMAT_VERSION
     spec = copy_spec("image_classifier", tmp_path / "unversioned")
     del spec["format_version"]
     (tmp_path / "unversioned" / MODEL_JSON).write_text(json.dumps(spec))

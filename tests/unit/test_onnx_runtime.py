@@ -11,8 +11,8 @@ import yaml
 from export_paths import REPO_ROOT, export_dir
 from model_runtime import load_model
 from tests.support.harness import load_handler
-from model_defs.onnx_runtime import (CPU_PROVIDER, CUDA_PROVIDER, ONNX_FILE, OnnxRuntimeModel, execution_providers,
-                                     is_onnx_model_file, serialized_file)
+from model_defs.onnx_runtime import CPU_PROVIDER, CUDA_PROVIDER, ONNX_FILE, OnnxRuntimeModel, execution_providers
+from model_defs.serving import runtime_of, serialized_file
 
 IMAGE_ONNX = "image_classifier_onnx"
 
@@ -63,10 +63,11 @@ def test_the_model_takes_the_eager_call_signature():
 
 
 def test_the_serialized_file_picks_the_runtime(tmp_path):
-    assert is_onnx_model_file(serialized_file(tmp_path, {"model": {"serializedFile": "model.onnx"}}))
-    assert not is_onnx_model_file(serialized_file(tmp_path, {"model": {"serializedFile": "weights.pt"}}))
-    assert is_onnx_model_file(serialized_file(export_dir(IMAGE_ONNX)))  # an export folder, no manifest
-    assert not is_onnx_model_file(serialized_file(export_dir("image_classifier")))
+    assert runtime_of(serialized_file(tmp_path, {"model": {"serializedFile": "model.onnx"}})) == "onnxruntime"
+    assert runtime_of(serialized_file(tmp_path, {"model": {"serializedFile": "weights.pt"}})) == "torch"
+    assert runtime_of(serialized_file(tmp_path, {"model": {"serializedFile": "model.torchscript.pt"}})) == "torchscript"
+    assert runtime_of(serialized_file(export_dir(IMAGE_ONNX))) == "onnxruntime"  # an export folder, no manifest
+    assert runtime_of(serialized_file(export_dir("image_classifier"))) == "torch"
 
 
 def test_an_onnx_worker_refuses_autocast_precision_at_start(tmp_path):

@@ -117,8 +117,8 @@ def test_bad_data_files_are_named_with_their_problem(tmp_path, name, content, me
 
 def test_training_text_imports_no_image_or_audio_code():
     # A text model needs neither torchvision nor torchaudio: building it by modality imports only its own.
-    code = ("import sys; from train import text; args = text.get_args_parser().parse_args([]); "
-            "text.build_model(args.arch, modality='text', vocab_size=10, embed_dim=4, num_classes=2); "
+    code = ("import sys; from train import text; "
+            "text.build_model(text.DEFAULT_ARCH, modality='text', vocab_size=10, embed_dim=4, num_classes=2); "
             "print(sorted(m for m in ('torchvision', 'torchaudio', 'model_defs.image', 'model_defs.audio') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
