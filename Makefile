@@ -14,7 +14,7 @@ VARIANTS := $(MODELS:%=%_onnx) image_classifier_int8
 
 EXPORTS  := $(MODELS:%=exports/%/model.json) $(VARIANTS:%=exports/%/model.json)
 ARCHIVES := $(MODELS:%=model_store/%.mar) $(VARIANTS:%=model_store/%.mar)
-SHARED_TRAINING := model_defs/__init__.py model_defs/registry.py model_defs/export.py train/__init__.py train/common.py
+SHARED_TRAINING := model_defs/__init__.py model_defs/registry.py model_defs/export.py train/__init__.py train/common.py train/init_weights.py model_defs/checkpoints.py
 
 .PHONY: setup exports archives serve stop console test test-unit test-live bench soak kserve clean
 .DELETE_ON_ERROR:
