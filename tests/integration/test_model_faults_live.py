@@ -33,7 +33,7 @@ from conftest import TorchServe
 from model_defs.audio import encode_audio
 from scripts.local_torchserve import REPO_ROOT, VENV_BIN, batches_served, read_properties, torchserve_logs, write_config
 from scripts.model_store import kinds, scan
-from scripts.prometheus_text import scrape, select
+from scripts.prometheus_text import metric_types, parse, scrape, select
 from scripts.readiness import ModelsFailedToLoad, wait_for_models
 from scripts.serve import READY_TIMEOUT_S
 from train.synthetic_shapes import render_shape
@@ -218,9 +218,9 @@ def wav(sound: str, seed: int) -> bytes:
     return encode_audio(clip.samples * (0.5 / np.abs(clip.samples).max()), 22050)
 
 
-def one_batch(server, model: str, requests_: list) -> list:
+def one_batch(server, model: str, requests_: list):
     """Sends `requests_` (4 of them: (route, keyword arguments)) at once to a model whose batches wait for
-    4, and checks on /metrics that they were one batch; their responses, in order."""
+    4: their responses, in order, and how many batches the model ran meanwhile (from /metrics)."""
     assert len(requests_) == 4
     before = batches_served(server.metrics_url, model)
 
@@ -230,8 +230,7 @@ def one_batch(server, model: str, requests_: list) -> list:
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         responses = list(pool.map(send, requests_))
-    assert batches_served(server.metrics_url, model) - before == 1, "the four requests were one batch"
-    return responses
+    return responses, batches_served(server.metrics_url, model) - before
 
 
 CORRUPT_IN_A_BATCH = {  # model: (the 4 request bodies, the expected top labels (None: the bad one), its error type)
@@ -250,8 +249,9 @@ def test_a_corrupt_item_gets_400_and_its_batch_neighbours_200(faulty_server, mod
     bodies, labels, error_type = CORRUPT_IN_A_BATCH[model]
     pids_before = faulty_server.worker_pids(model)
     headers = {"Content-Type": "text/plain"} if model == "text_in_fours" else {}
-    responses = one_batch(faulty_server, model, [("predict", {"data": body, "headers": headers}) for body in bodies])
+    responses, batches = one_batch(faulty_server, model, [("predict", {"data": body, "headers": headers}) for body in bodies])
     assert [r.status_code for r in responses] == [200 if label else 400 for label in labels], [r.text for r in responses]
+    assert batches == 1, f"the four requests were {batches} batches"
     for response, label in zip(responses, labels):
         body = response.json()
         if label is None:
@@ -264,26 +264,28 @@ def test_a_corrupt_item_gets_400_and_its_batch_neighbours_200(faulty_server, mod
 def test_predictions_and_explanations_in_one_batch_each_get_their_own_route(faulty_server):
     """TorchServe batches /predictions and /explanations of a model together; its stock handlers decide
     the whole batch from request 0, this bundle's each request from its own `explain` header."""
-    responses = one_batch(faulty_server, "image_in_fours", [
+    responses, batches = one_batch(faulty_server, "image_in_fours", [
         ("predict", {"data": png("star", 5)}),
         ("explain", {"data": png("circle", 32)}),
         ("predict", {"data": png("ring", 33)}),
         ("explain", {"data": png("cross", 34), "headers": {"X-Explain-Target": "square"}}),
     ])
     assert [r.status_code for r in responses] == [200] * 4, [r.text for r in responses]
+    assert batches == 1, f"the four requests were {batches} batches"
     predictions, explanations = [responses[0].json(), responses[2].json()], [responses[1].json(), responses[3].json()]
     assert [next(iter(p)) for p in predictions] == ["star", "ring"] and all("attributions" not in p for p in predictions)
     assert [(e["target"], len(e["attributions"])) for e in explanations] == [("circle", 14), ("square", 14)]
 
 
 def test_a_bad_item_on_the_explanations_route_is_isolated_in_its_batch(faulty_server):
-    responses = one_batch(faulty_server, "image_in_fours", [
+    responses, batches = one_batch(faulty_server, "image_in_fours", [
         ("explain", {"data": png("ring", 61)}),
         ("explain", {"data": b"not an image at all"}),
         ("explain", {"data": png("cross", 62)}),
         ("explain", {"files": {"data": png("ring", 63), "target": (None, "hexagon")}}),
     ])
     assert [r.status_code for r in responses] == [200, 400, 200, 400], [r.text for r in responses]
+    assert batches == 1, f"the four requests were {batches} batches"
     assert [responses[0].json()["target"], responses[2].json()["target"]] == ["ring", "cross"]
     assert responses[1].json()["type"] == "UndecodableImage"
     assert responses[3].json()["type"] == "InvalidExplanationOptions" and "valid labels" in responses[3].json()["message"]
@@ -318,3 +320,32 @@ def test_out_of_memory_is_retried_in_halves_and_only_the_item_too_large_alone_fa
 
     counts = [sample.value for sample in select(scrape(faulty_server.metrics_url), "ts_handler_out_of_memory", ModelName=OOM)]
     assert counts and counts[0] >= 2, "each refusal is counted on the metrics endpoint, for alerting"
+
+
+# README "What to monitor": each metric it names, and its type as TorchServe 0.12 declares it. A series
+# appears with its first event, so the test makes each event first: a 2xx, a 4xx (a text that is not
+# UTF-8), a 5xx and an out-of-memory split (the OOM model's 507), and worker loads (at start).
+# MemoryUtilization, also in the table, is TorchServe's host metric, collected once a minute: not waited for here.
+MONITORED = {
+    "Requests2XX": "counter", "Requests4XX": "counter", "Requests5XX": "counter",
+    "ts_inference_requests_total": "counter", "ts_inference_latency_microseconds": "counter",
+    "ts_queue_latency_microseconds": "counter", "WorkerLoadTime": "gauge", "ts_handler_out_of_memory": "counter",
+}
+PER_MODEL = {"ts_inference_requests_total": "model_name", "ts_inference_latency_microseconds": "model_name",
+             "ts_queue_latency_microseconds": "model_name", "ts_handler_out_of_memory": "ModelName"}
+
+
+def test_the_monitored_metrics_exist_with_their_names_and_types(faulty_server):
+    plain = {"Content-Type": "text/plain"}
+    assert faulty_server.predict(GOOD, data=TEXTS[0].encode(), headers=plain).status_code == 200
+    assert faulty_server.predict(GOOD, data=b"caf\xc3 \xff", headers=plain).status_code == 400
+    assert faulty_server.predict(OOM, data=TOO_LARGE.encode(), headers=plain).status_code == 507
+    text = requests.get(f"{faulty_server.metrics_url}/metrics", timeout=30).text
+    declared = metric_types(text)
+    assert {name: declared.get(name) for name in MONITORED} == MONITORED
+    samples = parse(text)
+    for name, label in PER_MODEL.items():
+        models = {sample.labels.get(label) for sample in select(samples, name)}
+        assert (OOM if name == "ts_handler_out_of_memory" else GOOD) in models, (name, models)
+    for name in ("Requests2XX", "Requests4XX", "Requests5XX"):
+        assert sum(sample.value for sample in select(samples, name)) >= 1, name
