@@ -1,6 +1,8 @@
 """Explanations in-process, on the real exports: every modality's answer, per-request targets and
-methods, mixed batches, bounded cost, predictions unchanged afterwards, and attributions that point
-at the evidence (the shape's pixels, the class keyword's tokens, the frames of the sound)."""
+methods, mixed batches, bounded cost, predictions unchanged afterwards, attributions that add up to
+the change in the logit, and attributions that point at the evidence: the shape on the grid the image
+answer returns, the class keyword among the tokens, the chirp's frames and mel bands among a tone and
+noise that fill the clip."""
 import base64
 import io
 import json
