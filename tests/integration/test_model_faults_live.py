@@ -1,7 +1,7 @@
 """Faults on a TorchServe of this module's own, started as a user starts one: by make serve's script
 (`python -m scripts.serve`, with a config.properties on free ports and a working directory of its own).
 
-Its model store holds the real text_classifier archive and archives built from the demo exports:
+Its model store holds archives built from the demo exports (the text model's from its real archive):
 - truncated_text.mar, the text archive's first half: TorchServe cannot open it;
 - no_model_json.mar, without model.json: it registers, and its worker dies while loading;
 - text_classifier_oom.mar, its handler subclassed so that the real forward pass is refused by a
@@ -39,7 +39,7 @@ from scripts.serve import READY_TIMEOUT_S
 from train.synthetic_shapes import render_shape
 from train.synthetic_sounds import generate_clip
 
-GOOD, OOM, NO_SPEC, TRUNCATED = "text_classifier", "text_classifier_oom", "no_model_json", "truncated_text"
+TEXT, OOM, NO_SPEC, TRUNCATED = "text_classifier", "text_classifier_oom", "no_model_json", "truncated_text"
 IN_FOURS = {"image_in_fours": "image_classifier", "text_in_fours": "text_classifier", "audio_in_fours": "audio_classifier"}
 OOM_HANDLER = '''"""Test-only: the text handler whose forward pass runs out of memory above 2 items."""
 import torch
@@ -97,10 +97,10 @@ def archive_in_fours(store: Path, root: Path) -> None:
 
 @pytest.fixture(scope="module")
 def faulty_store(tmp_path_factory):
-    store = tmp_path_factory.mktemp("faulty_store")
-    subprocess.run([str(REPO_ROOT / "archive.sh"), GOOD], check=True, stdout=subprocess.DEVNULL,
-                   env={**os.environ, "MODEL_STORE": str(store)})
-    good = store / f"{GOOD}.mar"
+    store, built = tmp_path_factory.mktemp("faulty_store"), tmp_path_factory.mktemp("text_archive")
+    subprocess.run([str(REPO_ROOT / "archive.sh"), TEXT], check=True, stdout=subprocess.DEVNULL,
+                   env={**os.environ, "MODEL_STORE": str(built)})
+    good = built / f"{TEXT}.mar"  # not served itself: text_in_fours is the same model, one worker fewer to start
     (store / f"{TRUNCATED}.mar").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     rewrite_archive(good, store / f"{NO_SPEC}.mar", NO_SPEC, drop={"model.json"})
     # maxBatchDelay 500 ms: concurrent requests meet in one batch, which the simulated allocator refuses.
@@ -162,7 +162,7 @@ def faulty_server(make_serve, faulty_store):
     if not process.key_file.exists():
         pytest.fail(f"make serve did not start TorchServe: {result.stdout}\n{result.stderr}\n{process.logs()}")
     properties = read_properties(process.workdir / "config.properties")
-    models = [GOOD, OOM, *IN_FOURS]
+    models = [OOM, *IN_FOURS]
     server = TorchServe(properties["inference_address"], properties["management_address"],
                         properties["metrics_address"], models, process, json.loads(process.key_file.read_text()))
     server.kinds = {model: kind for model, kind in kinds(scan(faulty_store)[0]).items() if model in models}
@@ -179,20 +179,20 @@ def test_make_serve_names_the_broken_archives_serves_the_others_and_exits_1(make
     assert re.fullmatch(rf"serve: {NO_SPEC}/1\.0 did not load: .*model\.json.*", errors[1]), errors
     assert errors[-1] == f"serve: 1 model(s) did not load: {NO_SPEC}/1.0", errors
     up = next(line for line in result.stdout.splitlines() if line.startswith("TorchServe is up with "))
-    assert set(up.split(" with ", 1)[1].split(" (READY", 1)[0].split(", ")) == {GOOD, OOM, *IN_FOURS}
-    assert f"/predictions/{GOOD}" in result.stdout and f"/predictions/{NO_SPEC}" not in result.stdout
+    assert set(up.split(" with ", 1)[1].split(" (READY", 1)[0].split(", ")) == {OOM, *IN_FOURS}
+    assert f"/predictions/{OOM}" in result.stdout and f"/predictions/{NO_SPEC}" not in result.stdout
 
     # The others serve; the broken archive is also named by readiness.require_all, as the live fixtures call it.
-    response = faulty_server.predict(GOOD, data=TEXTS[0].encode(), headers={"Content-Type": "text/plain"})
+    response = faulty_server.predict(OOM, data=TEXTS[0].encode(), headers={"Content-Type": "text/plain"})
     assert response.status_code == 200 and next(iter(response.json())) == "billing"
-    readiness = wait_for_models(faulty_server.management_url, [GOOD, NO_SPEC], faulty_server.process.key_file,
+    readiness = wait_for_models(faulty_server.management_url, [OOM, NO_SPEC], faulty_server.process.key_file,
                                 faulty_server.process.workdir / "logs", timeout_s=120, since={})
     with pytest.raises(ModelsFailedToLoad, match=rf"^{NO_SPEC} did not load: .*model\.json"):
         readiness.require_all()
     # TorchServe never registers the truncated archive; its log names the file and the problem.
     models = requests.get(f"{faulty_server.management_url}/models", headers=faulty_server.management_headers,
                           timeout=30).json()["models"]
-    assert {m["modelName"] for m in models} == {GOOD, OOM, NO_SPEC, *IN_FOURS}
+    assert {m["modelName"] for m in models} == {OOM, NO_SPEC, *IN_FOURS}
     ts_log = (faulty_server.process.workdir / "logs" / "ts_log.log").read_text(errors="replace")
     assert re.search(rf"Failed to load model: \S*{TRUNCATED}\.mar\s+\S*(EOFException|ZipException)", ts_log)
 
@@ -308,7 +308,7 @@ def test_out_of_memory_is_retried_in_halves_and_only_the_item_too_large_alone_fa
     assert error["code"] == 507 and error["type"] == "OutOfMemory" and "out of memory" in error["message"]
     assert responses[3].headers["Content-Type"].startswith("application/json")
 
-    reference = send_together(faulty_server, GOOD, texts)
+    reference = send_together(faulty_server, "text_in_fours", texts)  # the same model unrefused, in two batches of 4
     for got, want, text in zip(responses, reference, texts):
         if text != TOO_LARGE:
             assert list(got.json()) == list(want.json())
@@ -337,8 +337,8 @@ PER_MODEL = {"ts_inference_requests_total": "model_name", "ts_inference_latency_
 
 def test_the_monitored_metrics_exist_with_their_names_and_types(faulty_server):
     plain = {"Content-Type": "text/plain"}
-    assert faulty_server.predict(GOOD, data=TEXTS[0].encode(), headers=plain).status_code == 200
-    assert faulty_server.predict(GOOD, data=b"caf\xc3 \xff", headers=plain).status_code == 400
+    assert faulty_server.predict(OOM, data=TEXTS[0].encode(), headers=plain).status_code == 200
+    assert faulty_server.predict(OOM, data=b"caf\xc3 \xff", headers=plain).status_code == 400
     assert faulty_server.predict(OOM, data=TOO_LARGE.encode(), headers=plain).status_code == 507
     text = requests.get(f"{faulty_server.metrics_url}/metrics", timeout=30).text
     declared = metric_types(text)
@@ -346,6 +346,6 @@ def test_the_monitored_metrics_exist_with_their_names_and_types(faulty_server):
     samples = parse(text)
     for name, label in PER_MODEL.items():
         models = {sample.labels.get(label) for sample in select(samples, name)}
-        assert (OOM if name == "ts_handler_out_of_memory" else GOOD) in models, (name, models)
+        assert OOM in models, (name, models)
     for name in ("Requests2XX", "Requests4XX", "Requests5XX"):
         assert sum(sample.value for sample in select(samples, name)) >= 1, name

@@ -257,26 +257,26 @@ def test_predictions_are_unchanged_after_an_explanation(image_handler):
 
 
 def test_a_batch_stops_explaining_when_its_time_budget_is_spent(image_handler, monkeypatch):
-    """The model-config's budget (10 s), on a clock that each explanation moves by 4 s whatever the
-    hardware: after two explanations (8 s spent) the next would likely overrun, so it and the rest are
-    answered 503; the prediction in the batch is answered."""
+    """The model-config's budget (10 s), on a clock that each explanation moves by 6 s whatever the
+    hardware: after one explanation (6 s spent) the next would likely overrun (12 s), so it and the rest
+    are answered 503; the prediction in the batch is answered."""
     import explanations
 
     clock = {"now": 0.0}
     real_explain_item = explanations.explain_item
 
-    def four_seconds_each(*args):
-        clock["now"] += 4.0
+    def six_seconds_each(*args):
+        clock["now"] += 6.0
         return real_explain_item(*args)
 
     monkeypatch.setattr(explanations, "time", SimpleNamespace(perf_counter=lambda: clock["now"]))
-    monkeypatch.setattr(explanations, "explain_item", four_seconds_each)
+    monkeypatch.setattr(explanations, "explain_item", six_seconds_each)
     handler, context = image_handler
     assert handler.settings.explain_budget_seconds == 10
-    responses = run_batch(handler, context, [worker_row(png(STAR))] * 5, explain=[True, False, True, True, True])
-    assert [r.status for r in responses] == [200, 200, 200, 503, 503]
-    assert "attributions" in responses[2].body and next(iter(responses[1].body)) == "star"
-    assert responses[3].body["type"] == "ExplanationBudgetSpent" and "retry" in responses[3].body["message"]
+    responses = run_batch(handler, context, [worker_row(png(STAR))] * 4, explain=[True, False, True, True])
+    assert [r.status for r in responses] == [200, 200, 503, 503]
+    assert "attributions" in responses[0].body and next(iter(responses[1].body)) == "star"
+    assert responses[2].body["type"] == "ExplanationBudgetSpent" and "retry" in responses[2].body["message"]
 
 
 # ---- text -------------------------------------------------------------------------------------------
@@ -357,7 +357,7 @@ def transformer_handler(tmp_path_factory):
     out = tmp_path_factory.mktemp("transformer") / "text_classifier"
     try:
         train_text.main(train_text.get_args_parser().parse_args(
-            ["--arch", "text_transformer", "--embed-dim", "32", "--epochs", "4", "--lr", "0.01", "--train-per-intent", "150",
+            ["--arch", "text_transformer", "--embed-dim", "32", "--epochs", "3", "--lr", "0.01", "--train-per-intent", "120",
              "--heldout-per-intent", "10", "--seed", "0", "--out", str(out)]))
     finally:
         torch.set_num_threads(threads)
@@ -367,14 +367,13 @@ def transformer_handler(tmp_path_factory):
 @pytest.mark.parametrize("model", ["text_handler", "transformer_handler"])
 def test_text_explanations_add_up_to_the_change_in_the_logit(request, model):
     """Completeness at the configured steps: the tokens' attributions add up to f(text) - f(baseline),
-    computed here, within 5% (a transformer explained with 2 steps misses by 28%)."""
-    loaded = request.getfixturevalue(model)
-    for text in ("my card was charged twice for one order", "please cancel my subscription"):
-        (response,) = explain(loaded, json_row(text=text))
-        body = response.body
-        gap = completeness_gap(loaded[0], text, body["target_index"])
-        assert sum(t["attribution"] for t in body["tokens"]) == pytest.approx(gap, rel=0.05, abs=1e-4), text
-        assert body["convergence_delta"] < 0.05 * max(1.0, abs(gap))
+    computed here, within 5% (a transformer explained with 2 steps missed by 29%)."""
+    loaded, text = request.getfixturevalue(model), "please cancel my subscription"
+    (response,) = explain(loaded, json_row(text=text))
+    body = response.body
+    gap = completeness_gap(loaded[0], text, body["target_index"])
+    assert sum(t["attribution"] for t in body["tokens"]) == pytest.approx(gap, rel=0.05, abs=1e-4)
+    assert body["convergence_delta"] < 0.05 * max(1.0, abs(gap))
 
 
 # ---- audio ------------------------------------------------------------------------------------------
