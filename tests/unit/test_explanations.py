@@ -357,7 +357,7 @@ def transformer_handler(tmp_path_factory):
     out = tmp_path_factory.mktemp("transformer") / "text_classifier"
     try:
         train_text.main(train_text.get_args_parser().parse_args(
-            ["--arch", "text_transformer", "--embed-dim", "32", "--epochs", "3", "--lr", "0.01", "--train-per-intent", "120",
+            ["--arch", "text_transformer", "--embed-dim", "32", "--epochs", "4", "--lr", "0.01", "--train-per-intent", "150",
              "--heldout-per-intent", "10", "--seed", "0", "--out", str(out)]))
     finally:
         torch.set_num_threads(threads)
