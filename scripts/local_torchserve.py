@@ -169,9 +169,15 @@ class ForegroundTorchServe:
             self.process.wait()
 
     def logs(self, tail_lines: int = 200) -> str:
-        parts = []
-        for path in sorted((self.workdir / "logs").glob("*.log")) + [self.workdir / "torchserve.out"]:
-            if path.exists():
-                lines = path.read_text(errors="replace").splitlines()[-tail_lines:]
-                parts.append(f"===== {path.name} (last {len(lines)} lines) =====\n" + "\n".join(lines))
-        return "\n".join(parts)
+        return torchserve_logs(self.workdir, tail_lines)
+
+
+def torchserve_logs(workdir: Path, tail_lines: int = 200) -> str:
+    """The tail of every log a TorchServe started in `workdir` wrote (logs/*.log, and torchserve.out
+    where ForegroundTorchServe sent its output)."""
+    parts = []
+    for path in sorted((Path(workdir) / "logs").glob("*.log")) + [Path(workdir) / "torchserve.out"]:
+        if path.exists():
+            lines = path.read_text(errors="replace").splitlines()[-tail_lines:]
+            parts.append(f"===== {path.name} (last {len(lines)} lines) =====\n" + "\n".join(lines))
+    return "\n".join(parts)

@@ -49,6 +49,13 @@ def parse(text: str) -> List[Sample]:
     return samples
 
 
+def metric_types(text: str) -> Dict[str, str]:
+    """Each metric's declared type in the exposition `text` (`# TYPE <name> <type>` lines): counter,
+    gauge, histogram, summary or untyped."""
+    return {parts[2]: parts[3] for parts in (line.split() for line in text.splitlines())
+            if len(parts) == 4 and parts[:2] == ["#", "TYPE"]}
+
+
 def _value(text: str, line: str) -> float:
     if text in _VALUES:
         return _VALUES[text]

@@ -2,8 +2,11 @@
 archived model has a READY worker, then print curl lines that work as printed (tokens included).
 
 Run from the repository root with the venv's python, `python -m scripts.serve`; `make stop`
-(torchserve --stop) stops it.
+(torchserve --stop) stops it. `--config` and `--workdir` serve another configuration from another
+directory (the live test of make serve does, on ports of its own); TorchServe writes key_file.json,
+logs/ and its pid file (in $TMPDIR: set it to stop that server with `torchserve --stop`) as usual.
 """
+import argparse
 import subprocess
 import sys
 import time
@@ -16,14 +19,24 @@ from scripts.model_store import ModelKind, default_versions, kinds, model_names,
 from scripts.readiness import wait_for_models
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG = REPO_ROOT / "config.properties"
-KEY_FILE = REPO_ROOT / "key_file.json"
 READY_TIMEOUT_S = 300
 
 
-def main():
-    properties = read_properties(CONFIG)
-    model_store = REPO_ROOT / properties.get("model_store", "model_store")
+def get_args_parser():
+    parser = argparse.ArgumentParser(prog="python -m scripts.serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=REPO_ROOT / "config.properties",
+                        help="TorchServe's config.properties (default: the repository's)")
+    parser.add_argument("--workdir", type=Path, default=REPO_ROOT,
+                        help="where TorchServe runs: key_file.json, logs/ and samples/ go there, and a relative "
+                             "model_store is found there (default: the repository root)")
+    return parser
+
+
+def main(args):
+    workdir, config = args.workdir.resolve(), args.config.resolve()
+    key_file = workdir / "key_file.json"
+    properties = read_properties(config)
+    model_store = workdir / properties.get("model_store", "model_store")
     archives, problems = scan(model_store)
     for problem in problems:
         print(f"serve: skipping {problem}", file=sys.stderr)
@@ -31,17 +44,17 @@ def main():
     if not models:
         sys.exit(f"serve: no archives in {model_store}; run ./archive.sh (make serve does)")
     # A server started earlier from here would keep serving the old archives: restart it.
-    subprocess.run([str(VENV_BIN / "torchserve"), "--stop"], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    KEY_FILE.unlink(missing_ok=True)
+    subprocess.run([str(VENV_BIN / "torchserve"), "--stop"], cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    key_file.unlink(missing_ok=True)
     started = time.monotonic()
-    subprocess.run(start_command(CONFIG, foreground=False), cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(start_command(config, foreground=False), cwd=workdir, check=True, stdout=subprocess.DEVNULL)
     management_url = properties["management_address"]
     try:
         # Every version of every model, each by name/version.
         # A model whose worker keeps dying while loading is reported as soon as it has failed twice,
         # with the exception from its log, instead of being waited on for READY_TIMEOUT_S.
-        readiness = wait_for_models(management_url, [archive.reference for archive in archives], KEY_FILE,
-                                    REPO_ROOT / "logs", READY_TIMEOUT_S, started=started)
+        readiness = wait_for_models(management_url, [archive.reference for archive in archives], key_file,
+                                    workdir / "logs", READY_TIMEOUT_S, started=started)
     except TimeoutError as error:
         sys.exit(f"serve: {error}; see logs/model_log.log and logs/ts_log.log")
     keys, broken = readiness.keys, readiness.broken
@@ -56,7 +69,7 @@ def main():
     print(f"TorchServe is up with {', '.join(models)} (READY in {time.monotonic() - started:.0f}s); logs in logs/, stop with: make stop\n")
     model_kinds = kinds(archives)
     loaded = {model: model_kinds.get(model) for model in models}
-    sample_files = samples.write_samples(REPO_ROOT / "samples", {kind.modality for kind in loaded.values() if kind})
+    sample_files = samples.write_samples(workdir / "samples", {kind.modality for kind in loaded.values() if kind})
     print("\n".join(curl_lines(properties, keys, loaded, sample_files)))
     expiry = keys["inference"].get("expiration time", "")
     print(f"\nKeys are in key_file.json; the inference and management keys expire {expiry} "
@@ -93,4 +106,4 @@ def curl_lines(properties: Dict[str, str], keys: dict, models: Dict[str, Optiona
 
 
 if __name__ == "__main__":
-    main()
+    main(get_args_parser().parse_args())

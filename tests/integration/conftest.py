@@ -23,6 +23,7 @@ from scripts.readiness import wait_for_models
 
 STARTUP_TIMEOUT_S = 300
 VERSIONED_MODEL, SECOND_VERSION = "text_classifier", "2.0"
+SECOND_VERSION_TOP_K = 5  # configs/text_classifier.yaml has 3: the versions answer apart
 
 
 @dataclass
@@ -112,9 +113,15 @@ def server(tmp_path_factory, request):
     subprocess.run([str(REPO_ROOT / "archive.sh")], check=True, stdout=subprocess.DEVNULL,
                    env={**os.environ, "MODEL_STORE": str(model_store)})
     # A second version of one model, as a rollout holds two (test_versions_live.py): the text model,
-    # whose worker costs least.
+    # whose worker costs least, answering SECOND_VERSION_TOP_K labels, so that a test sees which version answered.
+    second_configs = workdir / "second_version_configs"
+    second_configs.mkdir()
+    config = yaml.safe_load((REPO_ROOT / "configs" / f"{VERSIONED_MODEL}.yaml").read_text())
+    config["handler"]["top_k"] = SECOND_VERSION_TOP_K
+    (second_configs / f"{VERSIONED_MODEL}.yaml").write_text(yaml.safe_dump(config))
     subprocess.run([str(REPO_ROOT / "archive.sh"), VERSIONED_MODEL], check=True, stdout=subprocess.DEVNULL,
-                   env={**os.environ, "MODEL_STORE": str(model_store), "MODEL_VERSION": SECOND_VERSION})
+                   env={**os.environ, "MODEL_STORE": str(model_store), "MODEL_VERSION": SECOND_VERSION,
+                        "CONFIGS_DIR": str(second_configs)})
     models.append(f"{VERSIONED_MODEL}/{SECOND_VERSION}")
     properties = write_config(workdir / "config.properties", model_store)
     process = ForegroundTorchServe(workdir, workdir / "config.properties")

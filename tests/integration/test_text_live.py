@@ -1,8 +1,6 @@
-"""text_classifier through a real TorchServe: every input form, the errors a client sees, a corrupt
-item inside a concurrent batch, truncation headers, and scaling through the management API."""
+"""text_classifier through a real TorchServe: every input form, the errors a client sees, truncation
+headers, and scaling through the management API. (A corrupt item inside a batch: test_model_faults_live.py.)"""
 import json
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -66,32 +64,6 @@ def test_curl_d_without_content_type_is_explained(server):
 ])
 def test_bad_requests_get_a_json_error(server, kwargs, status, error_type):
     assert_error(server.predict(MODEL, **kwargs), status, error_type)
-
-
-def test_corrupt_item_in_a_concurrent_batch_gets_400_and_neighbours_200(server):
-    pids_before = server.worker_pids(MODEL)
-    bodies = [
-        ("where is my parcel, tracking has not moved", "shipping"),
-        (b"my card \xff\xfe was charged", None),
-        ("i forgot my password and cannot sign in", "login"),
-        ("please cancel my subscription before it renews", "cancel"),
-    ]
-    # Fired together, so they are likely to share a batch (each answer is checked either way).
-    start = threading.Barrier(len(bodies))
-
-    def send(body):
-        start.wait()
-        data = body.encode() if isinstance(body, str) else body
-        return server.predict(MODEL, data=data, headers={"Content-Type": "text/plain"})
-
-    with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
-        responses = list(pool.map(send, [body for body, _ in bodies]))
-    assert [response.status_code for response in responses] == [200, 400, 200, 200], [r.text for r in responses]
-    assert_error(responses[1], 400, "InvalidUTF8", "0xff")
-    for response, (_, intent) in zip(responses, bodies):
-        if intent is not None:
-            assert_prediction(response, intent)
-    assert server.worker_pids(MODEL) == pids_before, "a bad request must not kill or restart a worker"
 
 
 def test_truncation_is_visible_in_response_headers(server):

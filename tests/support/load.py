@@ -195,6 +195,18 @@ class SteadyLoad:
         self._thread.start()
         return self
 
+    def wait_for_answers(self, count: int, since: float = 0.0, ok: bool = False, timeout_s: float = 120.0) -> None:
+        """Returns once `count` requests sent after `since` (a time.monotonic()) are answered, with 200 if
+        `ok`: a test waits for the load to have done something, never for a fixed time. TimeoutError
+        after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while sum(o.due > since and (o.ok or not ok) for o in list(self.outcomes)) < count:
+            if self._error is not None or not self._thread.is_alive():
+                raise RuntimeError(f"the load stopped before {count} answers: {self._error!r}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"fewer than {count} answers within {timeout_s:g} s: {summary(list(self.outcomes))}")
+            time.sleep(0.05)
+
     def stop(self) -> List[Outcome]:
         """Stops sending, waits for the answers in flight (each bounded by its timeout); every outcome, in answer order."""
         self._stop.set()

@@ -1,9 +1,12 @@
 """Explanations in-process, on the real exports: every modality's answer, per-request targets and
-methods, mixed batches, bounded cost, predictions unchanged afterwards, and attributions that point
-at the evidence (the shape's pixels, the class keyword's tokens, the frames of the sound)."""
+methods, mixed batches, bounded cost, predictions unchanged afterwards, attributions that add up to
+the change in the logit, and attributions that point at the evidence: the shape on the grid the image
+answer returns, the class keyword among the tokens, the chirp's frames and mel bands among a tone and
+noise that fill the clip."""
 import base64
 import io
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -92,18 +95,68 @@ def full_attributions(handler, image, target: int, method="integrated_gradients"
     return source, attributions, delta
 
 
-def test_image_attributions_point_at_the_shape(image_handler):
-    """Positive attribution per pixel inside the shape is well above the same outside it."""
+def grid_sums(values: np.ndarray, rows: int, columns: int) -> np.ndarray:
+    """[rows, columns]: the sum of `values` ([H, W] per pixel) over each cell of an even grid, a pixel cut
+    by a cell border shared by area. Written here apart from the handler's pooling (each pixel split
+    into rows x columns sub-pixels, summed per cell), so that a fault in that pooling shows."""
+    height, width = values.shape
+    fine = np.kron(values, np.ones((rows, columns))) / (rows * columns)
+    return fine.reshape(rows, height, columns, width).sum(axis=(1, 3))
+
+
+def dilated(mask: np.ndarray) -> np.ndarray:
+    """The shape grown by one pixel: a CNN's evidence for a shape lies on its outline as much as inside it."""
+    padded = np.pad(mask, 1)
+    return np.max([padded[1 + dy:1 + dy + mask.shape[0], 1 + dx:1 + dx + mask.shape[1]]
+                   for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=0)
+
+
+def mirror_overlap(region: np.ndarray) -> float:
+    """How much of `region` its transposed, upside-down or mirrored self still covers, at most."""
+    return max(float((region * moved).sum() / region.sum()) for moved in (region.T, region[::-1], region[:, ::-1]))
+
+
+# Generated shapes away from the image's diagonals and centre lines: the first two seeds of each
+# shape whose region (shape and outline) shares less than 60% with its transposed, upside-down or
+# mirrored self, and which the model classifies right (an explanation of a wrong guess shows what the
+# model saw, not the shape). A transposed or flipped grid then misses most of the shape.
+OFF_CENTRE_SHAPES = [("circle", 553), ("circle", 617), ("square", 74), ("square", 135), ("triangle", 42),
+                     ("triangle", 46), ("star", 21), ("star", 25), ("cross", 3), ("cross", 44), ("ring", 6), ("ring", 7)]
+
+
+def test_the_attribution_grid_points_at_the_shape(image_handler):
+    """Through the handler's answer: the positive attribution per grid cell area on the shape (with its
+    one-pixel outline) is higher than off it, for every image, and by a wide margin at the median.
+    The bar: a run of these 12 images with the demo export gave ratios from 1.08 to 9.2, median 2.6;
+    the same grids transposed or flipped gave medians of 0.9-1.6."""
+    ratios = {}
+    for shape, seed in OFF_CENTRE_SHAPES:
+        image, mask = render_shape_with_mask(shape, 32, seed=seed)
+        region = dilated((mask > 0.5).astype(np.float64))
+        assert mirror_overlap(region) < 0.6, (shape, seed, "no longer off-centre: the generator changed")
+        (response,) = explain(image_handler, worker_row(png(image)))
+        assert response.status == 200 and response.body["target"] == shape, (seed, response.body["target"])
+        grid = np.asarray(response.body["attributions"])
+        covered = grid_sums(region, *grid.shape) / grid_sums(np.ones_like(region), *grid.shape)  # share of each cell
+        evidence = grid.clip(min=0)
+        on_shape = (evidence * covered).sum() / covered.sum()
+        off_shape = (evidence * (1 - covered)).sum() / (1 - covered).sum()
+        ratios[f"{shape}:{seed}"] = round(float(on_shape / off_shape), 2)
+    assert all(ratio > 1 for ratio in ratios.values()), ratios
+    assert np.median(list(ratios.values())) > 2.0, ratios
+
+
+def test_the_grid_adds_up_to_the_pixel_attributions(image_handler):
+    """Each cell is the sum of the pixel attributions it covers: the grid's total is the pixels' total,
+    though 14 cells do not divide the demo's 32 pixels."""
     handler, _ = image_handler
-    ratios = []
-    for seed in range(2):
-        for shape in SHAPES:
-            image, mask = render_shape_with_mask(shape, 32, seed=100 + seed)
-            _, attributions, _ = full_attributions(handler, image, SHAPES.index(shape))
-            evidence = attributions[0].sum(dim=0).clamp(min=0).numpy()
-            ratios.append((evidence * mask).sum() / mask.sum() / ((evidence * (1 - mask)).sum() / (1 - mask).sum()))
-    assert np.median(ratios) > 1.5, ratios
-    assert np.mean(np.asarray(ratios) > 1.0) >= 0.8, ratios
+    image, _ = render_shape_with_mask("cross", 32, seed=3)
+    (response,) = explain(image_handler, worker_row(png(image)))
+    _, attributions, _ = full_attributions(handler, image, response.body["target_index"])  # deterministic: the same
+    pixels = attributions[0].sum(dim=0).double().numpy()
+    grid = np.asarray(response.body["attributions"])
+    assert grid.sum() == pytest.approx(pixels.sum(), abs=196 * 1e-6)  # each cell rounded to 6 decimals
+    np.testing.assert_allclose(grid, grid_sums(pixels, *grid.shape), atol=1e-6)
 
 
 def test_integrated_gradients_converges_at_the_configured_steps(image_handler):
@@ -203,12 +256,26 @@ def test_predictions_are_unchanged_after_an_explanation(image_handler):
     assert all(parameter.grad is None for parameter in handler.model.parameters())
 
 
-def test_a_batch_stops_explaining_when_its_time_budget_is_spent(tmp_path):
-    loaded = load_handler("image_classifier_handler", export_dir("image_classifier"), "image_classifier",
-                          model_yaml("image_classifier", explain_budget_seconds=0.1), tmp_path)
-    handler, context = loaded
+def test_a_batch_stops_explaining_when_its_time_budget_is_spent(image_handler, monkeypatch):
+    """The model-config's budget (10 s), on a clock that each explanation moves by 6 s whatever the
+    hardware: after one explanation (6 s spent) the next would likely overrun (12 s), so it and the rest
+    are answered 503; the prediction in the batch is answered."""
+    import explanations
+
+    clock = {"now": 0.0}
+    real_explain_item = explanations.explain_item
+
+    def six_seconds_each(*args):
+        clock["now"] += 6.0
+        return real_explain_item(*args)
+
+    monkeypatch.setattr(explanations, "time", SimpleNamespace(perf_counter=lambda: clock["now"]))
+    monkeypatch.setattr(explanations, "explain_item", six_seconds_each)
+    handler, context = image_handler
+    assert handler.settings.explain_budget_seconds == 10
     responses = run_batch(handler, context, [worker_row(png(STAR))] * 4, explain=[True, False, True, True])
     assert [r.status for r in responses] == [200, 200, 503, 503]
+    assert "attributions" in responses[0].body and next(iter(responses[1].body)) == "star"
     assert responses[2].body["type"] == "ExplanationBudgetSpent" and "retry" in responses[2].body["message"]
 
 
@@ -241,27 +308,72 @@ def test_a_text_that_cannot_be_traced_character_by_character_gets_normalised_off
     assert [t["token"] for t in body["tokens"]] == [body["normalized_text"][t["start"]:t["end"]] for t in body["tokens"]]
 
 
+# Each a support message wrapped in greetings and thanks: the intent, its keyword, and the filler words.
 KEYWORD_MESSAGES = [
-    ("i need a copy of my invoice", "billing", "invoice"),
-    ("please cancel my subscription", "cancel", "cancel"),
-    ("i forgot my password again", "login", "password"),
-    ("where is my parcel it has not arrived", "shipping", "parcel"),
+    ("hello there, i need a copy of my invoice please, thanks", "billing", "invoice", ["hello", "there", "please", "thanks"]),
+    ("hi, please cancel my subscription, thank you", "cancel", "subscription", ["hi", "please", "thank", "you"]),
+    ("hello, i forgot my password again, many thanks", "login", "password", ["hello", "many", "thanks"]),
+    ("hi there, where is my parcel? thanks", "shipping", "parcel", ["hi", "there", "thanks"]),
 ]
 
 
-@pytest.mark.parametrize("message,intent,keyword", KEYWORD_MESSAGES)
-def test_the_class_keyword_ranks_among_the_top_token_attributions(text_handler, message, intent, keyword):
-    (response,) = explain(text_handler, json_row(text=message, target=intent))
-    tokens = response.body["tokens"]
-    ranked = sorted(tokens, key=lambda t: t["attribution"], reverse=True)[:3]
-    keyword_start = message.index(keyword)
-    assert any(keyword_start <= t["start"] < keyword_start + len(keyword) for t in ranked), (keyword, ranked)
+def tokens_within(tokens: list, text: str, word: str) -> list:
+    """The tokens of `word` (its first occurrence in `text`; a word may be split into several tokens)."""
+    start = text.index(word)
+    return [t for t in tokens if start <= t["start"] < start + len(word)]
 
 
-def test_text_explanations_converge(text_handler):
-    (response,) = explain(text_handler, json_row(text="my card was charged twice for one order", target="billing"))
+@pytest.mark.parametrize("message,intent,keyword,fillers", KEYWORD_MESSAGES)
+def test_the_class_keyword_is_the_top_token_and_the_fillers_weigh_little(text_handler, message, intent, keyword, fillers):
+    """The predicted intent, explained: its keyword's token gets the largest attribution of the text,
+    and each greeting or politeness word less than a quarter of it (recorded: at most 15%)."""
+    (response,) = explain(text_handler, json_row(text=message))
+    assert response.status == 200 and response.body["target"] == intent, response.body["target"]
     tokens = response.body["tokens"]
-    assert response.body["convergence_delta"] < 0.05 * max(1.0, abs(sum(t["attribution"] for t in tokens)))
+    top = max(tokens, key=lambda t: t["attribution"])
+    assert top in tokens_within(tokens, message, keyword), (keyword, top)
+    for filler in fillers:
+        for token in tokens_within(tokens, message, filler):
+            assert token["attribution"] < 0.25 * top["attribution"], (filler, token, top)
+
+
+def completeness_gap(handler, text: str, target: int) -> float:
+    """f(text) - f(zero embeddings) for the target's logit, computed here from the model's own parts."""
+    token_ids = torch.tensor([handler.encoder.encode_batch([text]).token_ids[0]])
+    with torch.no_grad():
+        embeddings = handler.model.token_embeddings(token_ids)
+        logits = handler.model.classify_token_embeddings(torch.cat([embeddings, torch.zeros_like(embeddings)]))
+    return float(logits[0, target] - logits[1, target])
+
+
+@pytest.fixture(scope="module")
+def transformer_handler(tmp_path_factory):
+    """A small text_transformer trained here (seeded, a few seconds), served by the same handler: its
+    attention and layer norms make the Integrated Gradients path non-linear, unlike the embedding bag's
+    mean, where attributions add up exactly whatever the step count."""
+    from train import text as train_text
+
+    threads = torch.get_num_threads()
+    out = tmp_path_factory.mktemp("transformer") / "text_classifier"
+    try:
+        train_text.main(train_text.get_args_parser().parse_args(
+            ["--arch", "text_transformer", "--embed-dim", "32", "--epochs", "4", "--lr", "0.01", "--train-per-intent", "150",
+             "--heldout-per-intent", "10", "--seed", "0", "--out", str(out)]))
+    finally:
+        torch.set_num_threads(threads)
+    return load_handler("text_classifier_handler", out, "text_classifier", tmp_dir=tmp_path_factory.mktemp("served"))
+
+
+@pytest.mark.parametrize("model", ["text_handler", "transformer_handler"])
+def test_text_explanations_add_up_to_the_change_in_the_logit(request, model):
+    """Completeness at the configured steps: the tokens' attributions add up to f(text) - f(baseline),
+    computed here, within 5% (a transformer explained with 2 steps missed by 29%)."""
+    loaded, text = request.getfixturevalue(model), "please cancel my subscription"
+    (response,) = explain(loaded, json_row(text=text))
+    body = response.body
+    gap = completeness_gap(loaded[0], text, body["target_index"])
+    assert sum(t["attribution"] for t in body["tokens"]) == pytest.approx(gap, rel=0.05, abs=1e-4)
+    assert body["convergence_delta"] < 0.05 * max(1.0, abs(gap))
 
 
 # ---- audio ------------------------------------------------------------------------------------------
@@ -271,31 +383,68 @@ def audio_handler(tmp_path_factory):
                         tmp_dir=tmp_path_factory.mktemp("audio"))
 
 
-def silence_with_a_chirp(start_seconds: float, sample_rate: int = 16000) -> bytes:
-    samples = np.zeros(sample_rate, dtype=np.float32)
-    t = np.arange(int(0.25 * sample_rate)) / sample_rate
-    chirp = 0.5 * np.sin(2 * np.pi * (400 * t + 0.5 * 4000 * t ** 2))  # 400 Hz rising by 4 kHz/s
+CHIRP_LOW_HZ, CHIRP_HIGH_HZ, CHIRP_SECONDS = 500.0, 2000.0, 0.4
+
+
+def chirp_over_a_tone_and_noise(start_seconds: float, seconds: float = 1.0, sample_rate: int = 16000) -> bytes:
+    """A rising chirp (500 -> 2000 Hz in 0.4 s) from `start_seconds`, over a steady 3.5 kHz tone and
+    white noise that last the whole clip: no frame and no band is silent, so none equals the silence
+    baseline and gets 0 by construction; the model must tell the chirp from the rest."""
+    rng = np.random.default_rng(0)
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    samples = 0.2 * np.sin(2 * np.pi * 3500 * t) + 0.005 * rng.standard_normal(len(t))
+    chirp_t = np.arange(int(CHIRP_SECONDS * sample_rate)) / sample_rate
+    growth = np.log(CHIRP_HIGH_HZ / CHIRP_LOW_HZ)
+    chirp = np.sin(2 * np.pi * CHIRP_LOW_HZ * CHIRP_SECONDS / growth * (np.exp(growth * chirp_t / CHIRP_SECONDS) - 1))
     start = int(start_seconds * sample_rate)
-    samples[start:start + len(chirp)] = chirp * np.hanning(len(chirp))
-    return encode_audio(samples[:, None], sample_rate)
+    samples[start:start + len(chirp)] += 0.5 * chirp * np.hanning(len(chirp)) ** 0.25  # soft edges, no clicks
+    return encode_audio(samples.astype(np.float32), sample_rate)
 
 
-def test_audio_attributions_sit_on_the_frames_of_the_sound(audio_handler):
+def chirp_bands(handler) -> np.ndarray:
+    """The mel bands that are the chirp's: those whose filter (the model's own filterbank) has most of
+    its weight between the chirp's lowest and highest frequency."""
+    preprocessing = handler.preprocessing
+    filters = handler.feature_extractor.mel.mel_scale.fb.numpy()  # [FFT bins, mel bands]
+    frequencies = np.arange(filters.shape[0]) * preprocessing.sample_rate / preprocessing.n_fft
+    in_range = ((frequencies >= CHIRP_LOW_HZ) & (frequencies <= CHIRP_HIGH_HZ))[:, None]
+    return (filters * in_range).sum(axis=0) / filters.sum(axis=0) > 0.5
+
+
+def positive_share(values, where) -> float:
+    positive = np.clip(np.asarray(values), 0, None)
+    return float(positive[where].sum() / positive.sum())
+
+
+# (where the chirp starts, clip seconds, sample rate): two clips of exactly 1 s, and a 2.5 s clip at
+# 44.1 kHz that the handler crops to its loudest second (the one with the chirp, from about 1.49 s).
+CHIRP_CLIPS = [(0.1, 1.0, 16000), (0.5, 1.0, 16000), (1.6, 2.5, 44100)]
+
+
+@pytest.mark.parametrize("start,seconds,sample_rate", CHIRP_CLIPS)
+def test_audio_attributions_sit_on_the_chirps_frames_and_bands(audio_handler, start, seconds, sample_rate):
+    """The predicted class is the chirp, and most of the positive attribution is on the chirp's
+    frames (placed in the clip from X-Audio-Window-Start) and on the chirp's mel bands, though tone and
+    noise fill every frame and band. Recorded: 75-79% of the frame mass (the chirp spans 40-47% of the
+    frames) and 62-65% of the band mass (14 of 40 bands); reversed in time or in pitch, 16-37%."""
     handler, _ = audio_handler
-    hop = handler.preprocessing.hop_length / handler.preprocessing.sample_rate
-    for start in (0.1, 0.6):
-        (response,) = explain(audio_handler, worker_row(silence_with_a_chirp(start)))
-        assert response.status == 200
-        body = response.body
-        assert body["frame_hop_seconds"] == pytest.approx(hop)
-        frames = np.abs(np.asarray(body["frames"]))
-        assert len(frames) == handler.preprocessing.num_frames and len(body["mel_bands"]) == handler.preprocessing.n_mels
-        times = np.arange(len(frames)) * hop
-        event = (times >= start - 0.05) & (times <= start + 0.30)
-        assert frames[event].sum() > 0.6 * frames.sum(), (start, frames[event].sum() / frames.sum())
+    (response,) = explain(audio_handler, worker_row(chirp_over_a_tone_and_noise(start, seconds, sample_rate)))
+    assert response.status == 200
+    body = response.body
+    assert body["target"] == "chirp_up" and body["probability"] > 0.5, (body["target"], body["probability"])
+    assert len(body["frames"]) == handler.preprocessing.num_frames and len(body["mel_bands"]) == handler.preprocessing.n_mels
+    hop = body["frame_hop_seconds"]
+    assert hop == pytest.approx(handler.preprocessing.hop_length / handler.preprocessing.sample_rate)
+    window_start = float(response.headers["X-Audio-Window-Start"])
+    if seconds > 1:
+        assert response.headers["X-Audio-Window"] == "cropped" and window_start > 1.0, response.headers
+    frame_times = window_start + np.arange(len(body["frames"])) * hop  # seconds into the clip as sent
+    on_chirp = (frame_times >= start - 0.03) & (frame_times <= start + CHIRP_SECONDS + 0.03)
+    assert positive_share(body["frames"], on_chirp) > 0.6
+    assert positive_share(body["mel_bands"], chirp_bands(handler)) > 0.5
 
 
 def test_an_audio_explanation_can_carry_its_spectrogram(audio_handler):
-    encoded = base64.b64encode(silence_with_a_chirp(0.3)).decode()
+    encoded = base64.b64encode(chirp_over_a_tone_and_noise(0.3)).decode()
     (response,) = explain(audio_handler, json_row(data=encoded, visualize="true"))
     assert decoded_png(response.body["spectrogram_png"]).format == "PNG"

@@ -64,30 +64,62 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+# Stands in for torch-model-archiver in a copy of the checkout's layout: writes the first half of a real
+# archive where archive.sh asked for the new one, says so, and waits to be killed. The real archiver
+# writes for a second or two: catching it mid-write by polling depends on the machine's speed.
+HALF_WRITING_ARCHIVER = """#!/usr/bin/env bash
+while [[ $# -gt 0 ]]; do
+  case $1 in --export-path) out=$2; shift;; --model-name) name=$2; shift;; esac
+  shift
+done
+head -c $(( $(stat -c %s "$WHOLE_ARCHIVE") / 2 )) "$WHOLE_ARCHIVE" > "$out/$name.mar"
+touch "$WRITING_FLAG"
+exec sleep 600
+"""
+
+
+def checkout_with_a_half_writing_archiver(root: Path) -> Path:
+    """archive.sh, handlers/ and model_defs/ as in the checkout, with HALF_WRITING_ARCHIVER as its archiver."""
+    (root / ".venv" / "bin").mkdir(parents=True)
+    (root / "archive.sh").symlink_to(REPO_ROOT / "archive.sh")  # archive.sh finds its checkout from its own path
+    for shared in ("handlers", "model_defs"):
+        (root / shared).symlink_to(REPO_ROOT / shared)
+    (root / ".venv" / "bin" / "python").symlink_to(Path(sys.executable))
+    archiver = root / ".venv" / "bin" / "torch-model-archiver"
+    archiver.write_text(HALF_WRITING_ARCHIVER)
+    archiver.chmod(0o755)
+    return root
+
+
 def test_archive_sh_killed_mid_archive_leaves_the_previous_archive_whole(tmp_path):
-    model = "image_classifier"  # the largest archive: the archiver writes it for a few seconds
+    model = "text_classifier"
     export_dir(model)
     store = tmp_path / "model_store"
-    env = {**os.environ, "MODEL_STORE": str(store)}
+    env = {**os.environ, "MODEL_STORE": str(store), "EXPORTS_DIR": str(REPO_ROOT / "exports"),
+           "CONFIGS_DIR": str(REPO_ROOT / "configs")}
     subprocess.run([str(REPO_ROOT / "archive.sh"), model], check=True, env=env, capture_output=True, timeout=300)
     mar = store / f"{model}.mar"
     before = sha256(mar)
 
-    rerun = subprocess.Popen([str(REPO_ROOT / "archive.sh"), model], env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
+    checkout = checkout_with_a_half_writing_archiver(tmp_path / "checkout")
+    writing = tmp_path / "writing"
+    rerun = subprocess.Popen(["bash", str(checkout / "archive.sh"), model], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, start_new_session=True,
+                             env={**env, "WHOLE_ARCHIVE": str(mar), "WRITING_FLAG": str(writing)})
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and rerun.poll() is None:
-            # Until the new archive is being written (any .mar under the store but the finished one).
-            if any(path != mar and path.stat().st_size > 0 for path in store.rglob("*.mar")):
-                break
-            time.sleep(0.02)
-        else:
-            pytest.fail("archive.sh finished (or hung) before it could be caught writing")
+        while not writing.exists():
+            if rerun.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"archive.sh never reached its archiver: {rerun.stderr.read().decode()}")
+            time.sleep(0.05)
+        half_written = [path for path in store.rglob("*.mar") if path != mar]
         os.killpg(rerun.pid, signal.SIGKILL)
     finally:
+        if rerun.poll() is None:
+            os.killpg(rerun.pid, signal.SIGKILL)
         rerun.wait(timeout=30)
     assert sha256(mar) == before, "the archive TorchServe would load is the previous one, whole"
+    assert len(half_written) == 1 and 0 < half_written[0].stat().st_size < mar.stat().st_size, "killed mid-write"
     with zipfile.ZipFile(mar) as archive:
         assert archive.testzip() is None and "model.json" in archive.namelist()
     # TorchServe (load_models=all) skips hidden entries of the store; make serve globs *.mar.

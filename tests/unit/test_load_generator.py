@@ -72,7 +72,9 @@ def test_a_closed_loop_keeps_each_client_busy_and_stops_at_its_count(peer):
 def test_a_closed_loop_stops_at_its_deadline(peer):
     started = time.monotonic()
     outcomes = closed_loop(Request(f"{peer.url}/ok"), clients=2, seconds=0.5)  # a GET: no body
-    assert 0.5 <= time.monotonic() - started < 1.0, "the requests in flight at the deadline end it"
+    # It stops at the deadline, once the requests in flight are answered: well before the 30 s of a loop
+    # that kept sending (a generous bound: the machine may be busy).
+    assert 0.5 <= time.monotonic() - started < 10, "the requests in flight at the deadline end it"
     assert 2 <= len(outcomes) <= 2 * (0.5 / peer.delay_s + 1) and all(o.ok for o in outcomes)
 
 
@@ -98,17 +100,16 @@ def test_outcomes_name_refusals_and_requests_never_answered(peer):
     assert (refused.status, refused.error, refused.ok, refused.status_text) == (503, "ServiceUnavailableException", False, "503")
     lost = send(Request(f"{peer.url}/hang", b"x"), timeout_s=0.3)
     assert lost.status is NO_ANSWER and lost.status_text == "no answer" and "Timeout" in lost.error
-    assert 0.3 <= lost.latency < 2
+    assert 0.3 <= lost.latency < 10  # its timeout, give or take a busy machine
     gone = send(Request("http://127.0.0.1:1/ok", b"x"))  # nothing listens there
     assert gone.status is NO_ANSWER and gone.error
 
 
 def test_a_steady_load_runs_in_the_background_until_stopped(peer):
     with SteadyLoad(Request(f"{peer.url}/ok", b"x"), clients=3, max_seconds=30) as load:
-        time.sleep(0.5)
+        load.wait_for_answers(3, timeout_s=20)
         during = len(list(load.outcomes))
-        time.sleep(0.3)
-        assert len(load.outcomes) > during > 0, "outcomes arrive while it runs"
+        load.wait_for_answers(during + 3, timeout_s=20)  # outcomes keep arriving while it runs
     stopped_at = time.monotonic()
     outcomes = load.stop()
     assert all(o.ok for o in outcomes) and len(outcomes) == peer.served
@@ -121,7 +122,8 @@ def test_a_steady_load_that_breaks_says_so_when_stopped(peer, monkeypatch):
 
     monkeypatch.setattr(load_module, "_send", broken)
     load = SteadyLoad(Request(f"{peer.url}/ok", b"x"), clients=1, max_seconds=5).start()
-    time.sleep(0.3)  # its first send raised by now (stopped sooner, it would have sent nothing)
+    with pytest.raises(RuntimeError, match="a bug in the generator"):  # a wait on it says so too, at once
+        load.wait_for_answers(1, timeout_s=20)
     with pytest.raises(RuntimeError, match="a bug in the generator"):
         load.stop()
 

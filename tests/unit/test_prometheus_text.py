@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from scripts.prometheus_text import Sample, parse, select
+from scripts.prometheus_text import Sample, metric_types, parse, select
 
 # As TorchServe 0.12 serves it (a trailing comma closes each label set), with the handler's own series.
 TORCHSERVE_METRICS = """\
@@ -25,6 +25,11 @@ def test_torchserves_exposition_gives_names_labels_and_values():
                                                    "Requests2XX"]
     assert samples[2] == Sample("ts_handler_torch_threads", {"ModelName": "text_classifier", "Level": "Model",
                                                              "WorkerPid": "8346", "Hostname": "vm"}, 1.0)
+
+
+def test_each_metrics_declared_type():
+    assert metric_types(TORCHSERVE_METRICS) == {"ts_handler_batches": "counter", "ts_handler_torch_threads": "gauge",
+                                                "Requests2XX": "counter"}
 
 
 def test_select_matches_the_name_and_every_label_given():
