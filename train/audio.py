@@ -26,8 +26,7 @@ from model_defs.audio import AudioInputError, AudioPreprocessing, LogMelSpectrog
 from model_defs.export import write_export
 from model_defs.registry import build_model
 from train import synthetic_sounds
-from train.init_weights import (add_init_arguments, apply_initial_weights, initial_weights, initialized_from,
-                                parameter_groups)
+from train.init_weights import add_init_arguments, initial_weights, start_from
 from train.common import (DataError, add_training_arguments, architecture_of, class_folders, export_metrics, fit,
                           fraction, per_class_heldout_split, print_summary, run, seed_everything, untrained_metrics,
                           use_threads)
@@ -154,11 +153,8 @@ def main(args) -> dict:
     model = build_model(args.arch, modality="audio", **model_args)
     groups, extra_spec = None, None
     if initial is not None:
-        head = apply_initial_weights(model, initial, arch=args.arch, modality="audio", model_args=model_args,
-                                     labels=list(class_names))
-        groups = parameter_groups(model, head, args.lr, freeze_backbone=args.freeze_backbone,
-                                  backbone_lr_scale=args.backbone_lr_scale)
-        extra_spec = {"initialized_from": initialized_from(initial, head, args)}
+        groups, extra_spec = start_from(model, initial, args, modality="audio", model_args=model_args,
+                                        labels=class_names, lr=args.lr)
     if args.epochs == 0:
         metrics = untrained_metrics(args.seed, data=data_description, started=started, init_weights=args.init_weights)
         detail = ""

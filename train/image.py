@@ -25,8 +25,7 @@ from train import synthetic_shapes
 from train.common import (add_training_arguments, architecture_of, class_folders, export_metrics, fit,
                           fraction, per_class_heldout_split, print_summary, run, seed_everything, untrained_metrics,
                           use_threads)
-from train.init_weights import (add_init_arguments, apply_initial_weights, initial_weights, initialized_from,
-                                parameter_groups)
+from train.init_weights import add_init_arguments, initial_weights, start_from
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 DEFAULT_ARCH = "resnet18"
@@ -152,11 +151,8 @@ def main(args):
     if initial is None:
         zero_init_residual_branches(model)
     else:
-        head = apply_initial_weights(model, initial, arch=args.arch, modality="image", model_args=model_args,
-                                     labels=list(classes))
-        groups = parameter_groups(model, head, args.lr, freeze_backbone=args.freeze_backbone,
-                                  backbone_lr_scale=args.backbone_lr_scale)
-        extra_spec = {"initialized_from": initialized_from(initial, head, args)}
+        groups, extra_spec = start_from(model, initial, args, modality="image", model_args=model_args,
+                                        labels=classes, lr=args.lr)
     if args.epochs == 0:
         metrics = untrained_metrics(args.seed, data=data, started=started, init_weights=args.init_weights)
     else:

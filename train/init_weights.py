@@ -22,7 +22,7 @@ import re
 import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 from urllib.parse import urlparse
 
 import torch
@@ -236,3 +236,14 @@ def initialized_from(initial: InitialWeights, head: Head, args) -> dict:
     """model.json's "initialized_from": where the weights came from and what training did with them."""
     return {**initial.provenance, "head_replaced": head.replaced, "freeze_backbone": args.freeze_backbone,
             "backbone_lr_scale": args.backbone_lr_scale}
+
+
+def start_from(model: nn.Module, initial: InitialWeights, args, *, modality: str, model_args: dict,
+               labels: List[str], lr: float) -> Tuple[List[dict], dict]:
+    """A training script's fine-tuning start: `initial` loaded into `model`, the optimizer's parameter
+    groups (--freeze-backbone, --backbone-lr-scale), and model.json's "initialized_from" entry."""
+    head = apply_initial_weights(model, initial, arch=args.arch, modality=modality, model_args=model_args,
+                                 labels=list(labels))
+    groups = parameter_groups(model, head, lr, freeze_backbone=args.freeze_backbone,
+                              backbone_lr_scale=args.backbone_lr_scale)
+    return groups, {"initialized_from": initialized_from(initial, head, args)}

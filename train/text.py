@@ -55,8 +55,7 @@ from train.common import (
     untrained_metrics,
     use_threads,
 )
-from train.init_weights import (add_init_arguments, apply_initial_weights, initial_weights, initialized_from,
-                                parameter_groups)
+from train.init_weights import add_init_arguments, initial_weights, start_from
 from train.synthetic_messages import INTENTS, generate_messages, split_templates
 
 DEFAULT_ARCH = "text_embedding_bag"
@@ -277,11 +276,8 @@ def main(args):
     groups, extra_spec = None, None
     lr = args.lr or (5e-3 if args.arch == "text_transformer" else 2e-2)
     if initial is not None:
-        head = apply_initial_weights(model, initial, arch=args.arch, modality="text", model_args=model_args,
-                                     labels=classes)
-        groups = parameter_groups(model, head, lr, freeze_backbone=args.freeze_backbone,
-                                  backbone_lr_scale=args.backbone_lr_scale)
-        extra_spec = {"initialized_from": initialized_from(initial, head, args)}
+        groups, extra_spec = start_from(model, initial, args, modality="text", model_args=model_args,
+                                        labels=classes, lr=lr)
 
     if args.epochs == 0:
         metrics = untrained_metrics(args.seed, data=data_description, started=started, init_weights=args.init_weights)
