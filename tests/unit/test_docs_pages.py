@@ -1,7 +1,11 @@
 """README.md and docs/*.md without a server: every relative link reaches a file and, with #anchor, a
 heading of it (GitHub's anchors); every docs-test marker parses and stands where it applies; every
 bash block either talks to the server (tests/integration/test_docs_live.py runs it) or says why not;
-every answer shown after a command is JSON the live test can compare; the README stays a front page."""
+every answer shown after a command is JSON the live test can compare; the README stays a front page,
+and its Layout matches the tree."""
+import glob
+import re
+import subprocess
 from urllib.parse import unquote, urlparse
 
 import pytest
@@ -103,3 +107,27 @@ def test_a_marker_away_from_its_block_is_refused(tmp_path):
     page.write_text("<!-- docs-test: expect 400 -->\n\n```bash\ncurl a\n```\n")
     with pytest.raises(PageError, match="right before"):
         blocks(page)
+
+
+def readme_layout() -> str:
+    """The fenced tree under README's `## Layout` heading."""
+    text = (REPO_ROOT / "README.md").read_text()
+    section = text.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    return section.split("```", 2)[1]
+
+
+def test_readme_layout_matches_the_tree():
+    """Every path the Layout names exists, and every top-level folder and shared handler module is named:
+    a module added, moved or renamed without the Layout fails here."""
+    layout = readme_layout()
+    named = [line.split()[0] for line in layout.splitlines() if line and not line.startswith(" " * 10)]
+    missing = [path for path in named
+               if not glob.glob(str(REPO_ROOT / re.sub(r"<[a-z]+>", "*", path.rstrip("/")).lstrip()))
+               and not (REPO_ROOT / "handlers" / path.strip()).exists()]
+    assert not missing, f"README's Layout names paths that do not exist: {missing}"
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    folders = sorted({path.split("/")[0] for path in tracked.splitlines() if "/" in path and not path.startswith(".")})
+    unnamed = [f"{folder}/" for folder in folders if not re.search(rf"^{folder}/", layout, re.MULTILINE)]
+    modules = [p.name for p in (REPO_ROOT / "handlers").glob("*.py") if not p.name.endswith("_classifier_handler.py")]
+    unnamed += [f"handlers/{module}" for module in sorted(modules) if f" {module} " not in layout]
+    assert not unnamed, f"README's Layout does not name: {unnamed}"
