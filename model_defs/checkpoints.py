@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .registry import available_architectures, build_model
+from .export import build_on_meta
+from .registry import available_architectures
 
 STATE_DICT, CHECKPOINT, SAFETENSORS, PICKLED, TORCHSCRIPT, ONNX = (
     "state_dict", "checkpoint", "safetensors", "pickled", "torchscript", "onnx")
@@ -348,11 +349,9 @@ def compare(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, torch
     )
 
 
-def _meta_state(arch: str, modality: str, model_args: dict) -> Dict[str, torch.Tensor]:
-    """The architecture's state_dict shapes, built on the meta device: no memory, no initialisation."""
-    with warnings.catch_warnings(), torch.device("meta"):
-        warnings.simplefilter("ignore")  # torchvision's notes on GoogLeNet/Inception initialisation
-        return dict(build_model(arch, modality=modality, **model_args).state_dict())
+def _meta_state(arch: str, modality: str, model_args: dict, or_on_cpu: bool = True) -> Dict[str, torch.Tensor]:
+    """The architecture's state_dict shapes, built on the meta device where it can be (build_on_meta)."""
+    return dict(build_on_meta(arch, modality, model_args, or_on_cpu=or_on_cpu).state_dict())
 
 
 def head_axes(arch: str, modality: str, model_args: dict) -> Dict[str, int]:
@@ -388,7 +387,9 @@ def fit_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module, *, 
     expected = model.state_dict()
     cleaned, stripped = strip_wrapper_prefixes(state_dict, list(expected))
     mismatch = compare(cleaned, expected)
-    head = head_axes(arch, modality, model_args)
+    # Only a shape difference can be the head's: the two builds that find the head are skipped for
+    # weights whose shapes all fit.
+    head = head_axes(arch, modality, model_args) if mismatch.shapes else {}
     wrong_head = [key for key, _, _ in mismatch.shapes if key in head]
     others = WeightsMismatch(mismatch.missing, mismatch.unexpected, [s for s in mismatch.shapes if s[0] not in head])
     if not others.fits:
@@ -426,12 +427,13 @@ def architectures_fitting(state_dict: Mapping[str, torch.Tensor], modality: str,
         if arch == exclude:
             continue
         try:
-            mismatch = compare(state_dict, _meta_state(arch, modality, model_args))
+            # A RegNet, built for real, would take seconds each: the hint skips what meta cannot build.
+            mismatch = compare(state_dict, _meta_state(arch, modality, model_args, or_on_cpu=False))
             # Most architectures differ in their keys already: the head is looked for only where they agree.
             if not mismatch.missing and not mismatch.unexpected:
                 head = head_axes(arch, modality, model_args)
                 if all(key in head for key, _, _ in mismatch.shapes):
                     fitting.append(arch)
-        except Exception:  # a builder that needs other arguments, or real tensors (RegNet's init)
+        except Exception:  # a builder that needs other arguments, or real tensors (RegNet's)
             continue
     return fitting

@@ -18,6 +18,7 @@ it would serve wrongly or fail on obscurely, so that an older bundle refuses it 
 import json
 import os
 import shutil
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
@@ -253,8 +254,25 @@ def meta_architecture(spec: dict) -> Optional[nn.Module]:
     when a serialized graph is what runs; None for a graph imported without a registered architecture."""
     if spec.get("arch") is None:
         return None
-    with torch.device("meta"):
-        return build_model(spec["arch"], modality=spec["modality"], **spec["model_args"])
+    return build_on_meta(spec["arch"], spec["modality"], spec["model_args"])
+
+
+def build_on_meta(arch: str, modality: str, model_args: dict, *, or_on_cpu: bool = True) -> nn.Module:
+    """`arch` built on the meta device: its shapes and plain attributes, no weights allocated or
+    initialised. The one meta build, shared with model_defs/checkpoints.py's shape comparisons.
+
+    torchvision's RegNets read numbers back out of tensors while they are built, which a meta tensor
+    does not hold: those are built on the CPU instead (once, at a worker's start or an import), unless
+    `or_on_cpu` is False (a caller that would rather skip them, like a scan over every architecture)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision's notes on GoogLeNet/Inception initialisation
+        try:
+            with torch.device("meta"):
+                return build_model(arch, modality=modality, **model_args)
+        except NotImplementedError:  # "Cannot copy out of meta tensor"
+            if not or_on_cpu:
+                raise
+            return build_model(arch, modality=modality, **model_args)
 
 
 def load_export(export_dir, device="cpu", modality: Optional[str] = None) -> LoadedExport:

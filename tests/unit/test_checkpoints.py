@@ -15,6 +15,7 @@ from torch import nn
 from model_defs.checkpoints import (CHECKPOINT, ONNX, PICKLED, SAFETENSORS, STATE_DICT, TORCHSCRIPT, CheckpointError,
                                     HeadWidthError, WeightsMismatchError, file_provenance, fit_state_dict, head_axes,
                                     load_fitted, read_model_file, strip_wrapper_prefixes)
+from model_defs.export import meta_architecture
 from model_defs.registry import build_model
 
 ARGS = {"num_classes": 4, "image_size": 32}
@@ -175,6 +176,22 @@ def test_a_head_of_another_width_is_an_error_or_replaced(resnet):
     load_fitted(model, fitted)
     assert fitted.replaced_head == ["fc.weight", "fc.bias"] and torch.equal(model.fc.weight, fresh_head)
     assert torch.equal(model.conv1.weight, resnet.conv1.weight)
+
+
+def test_an_architecture_meta_tensors_cannot_build_still_has_its_head_found_and_replaced():
+    """torchvision's RegNets read numbers out of tensors while they are built: the meta build falls back
+    to the CPU, so fine-tuning one to another width and serving one as a graph work like any other."""
+    args = {"num_classes": 4, "image_size": 32}
+    assert head_axes("regnet_y_400mf", "image", args) == {"fc.weight": 0, "fc.bias": 0}
+    torch.manual_seed(0)
+    pretrained = build_model("regnet_y_400mf", modality="image", num_classes=10, image_size=32)
+    model = build_model("regnet_y_400mf", modality="image", **args)
+    fitted = fit_state_dict(pretrained.state_dict(), model, arch="regnet_y_400mf", modality="image", model_args=args,
+                            replace_head=True)
+    load_fitted(model, fitted)
+    assert fitted.replaced_head == ["fc.weight", "fc.bias"] and fitted.weights_outputs == 10
+    assert torch.equal(model.stem[0].weight, pretrained.stem[0].weight)
+    assert meta_architecture({"arch": "regnet_y_400mf", "modality": "image", "model_args": args}) is not None
 
 
 def test_a_wrong_architecture_lists_every_difference_and_the_one_that_fits():
