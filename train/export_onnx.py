@@ -26,9 +26,7 @@ from model_defs.onnx_export import INT8_SUFFIX, ONNX_SUFFIX, export_int8, export
 from model_defs.onnx_runtime import RUNTIME
 from model_defs.torchscript_runtime import RUNTIME as TORCHSCRIPT_RUNTIME
 from train import image as image_training
-from train.common import DataError, evaluate, run, use_all_cores
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from train.common import REPO_ROOT, DataError, evaluate, run, use_all_cores
 
 
 def get_args_parser():
