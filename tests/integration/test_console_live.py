@@ -8,6 +8,7 @@ CONSOLE_SCREENSHOTS=docs/images the one docs/console.md shows is copied there to
 """
 import base64
 import hashlib
+import http.client
 import io
 import os
 import re
@@ -27,6 +28,7 @@ from playwright.sync_api import Page, sync_playwright
 from model_defs.audio import encode_audio
 from scripts.local_torchserve import REPO_ROOT, free_port, read_properties
 from scripts.samples import SAMPLE_TEXT, write_samples
+from tests.support.user_models import png_bytes
 from train.synthetic_sounds import generate_clip
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -165,12 +167,6 @@ def explain_the_star(page: Page, console_url: str, samples: dict) -> None:
     page.wait_for_selector("#prediction-body .top-label")
     page.click("#explain-button")
     page.wait_for_selector('canvas.heat-map[data-target="star"]')
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def heat_map_pixels(page: Page) -> dict:
@@ -424,7 +420,17 @@ def test_the_key_leaves_the_address_bar_and_is_in_no_served_file(page, console_u
     for name in served:
         response = requests.get(f"{origin}/{name}", timeout=30)
         assert response.status_code == 200 and key not in response.text, name
-    assert requests.get(f"{origin}/../key_file.json", timeout=30).status_code == 404
+    # Traversal towards the checkout's key_file.json, sent as written: requests (urllib3) would remove the
+    # dot segments before sending, and ask for /key_file.json instead.
+    host, port = origin.removeprefix("http://").split(":")
+    for path in ("/../key_file.json", "/%2e%2e/key_file.json", "/..%2fkey_file.json"):
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        try:
+            connection.request("GET", path)
+            answer = connection.getresponse()
+            assert answer.status == 404 and key not in answer.read().decode(errors="replace"), path
+        finally:
+            connection.close()
 
 
 def test_a_keyboard_alone_picks_a_model_and_gets_an_answer(page, console_url):

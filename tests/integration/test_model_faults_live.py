@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import time
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,49 +35,12 @@ from scripts.model_store import kinds, scan
 from scripts.prometheus_text import metric_types, parse, scrape, select
 from scripts.readiness import ModelsFailedToLoad, wait_for_models
 from scripts.serve import READY_TIMEOUT_S
+from tests.support.faulty_archives import OOM_MODEL, TEXTS, TOO_LARGE, rewrite_archive, write_oom_archive
 from train.synthetic_shapes import render_shape
 from train.synthetic_sounds import generate_clip
 
-TEXT, OOM, NO_SPEC, TRUNCATED = "text_classifier", "text_classifier_oom", "no_model_json", "truncated_text"
+TEXT, OOM, NO_SPEC, TRUNCATED = "text_classifier", OOM_MODEL, "no_model_json", "truncated_text"
 IN_FOURS = {"image_in_fours": "image_classifier", "text_in_fours": "text_classifier", "audio_in_fours": "audio_classifier"}
-OOM_HANDLER = '''"""Test-only: the text handler whose forward pass runs out of memory above 2 items."""
-import torch
-
-from text_classifier_handler import TextClassifierHandler
-
-
-class OutOfMemoryAboveTwoItems(TextClassifierHandler):
-    def forward(self, batch):
-        logits = super().forward(batch)
-        texts = batch[0]
-        if logits.shape[0] > 2 or any("exhaust memory" in text for text in texts):
-            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate 2.00 GiB (simulated, {len(texts)} items)")
-        return logits
-'''
-TEXTS = ["my card was charged twice", "where is my parcel", "I cannot log in", "please cancel my plan",
-         "the app crashes on start", "do you sell gift cards", "great service, thank you"]
-TOO_LARGE = "this one will exhaust memory on its own"
-
-
-def rewrite_archive(source, destination, model_name: str, drop=(), add=None, manifest_changes=None, yaml_changes=None):
-    """A copy of the .mar `source` under another model name, with files dropped, added or edited."""
-    with zipfile.ZipFile(source) as original, zipfile.ZipFile(destination, "w", zipfile.ZIP_DEFLATED) as copy:
-        for info in original.infolist():
-            if info.filename in drop:
-                continue
-            data = original.read(info.filename)
-            if info.filename == "MAR-INF/MANIFEST.json":
-                manifest = json.loads(data)
-                manifest["model"].update(modelName=model_name, **(manifest_changes or {}))
-                data = json.dumps(manifest).encode()
-            elif info.filename.endswith(".yaml") and yaml_changes:
-                text = data.decode()
-                for key, value in yaml_changes.items():
-                    text = re.sub(rf"^{key}:.*$", f"{key}: {value}", text, flags=re.M)
-                data = text.encode()
-            copy.writestr(info, data)
-        for name, text in (add or {}).items():
-            copy.writestr(name, text)
 
 
 def archive_in_fours(store: Path, root: Path) -> None:
@@ -103,9 +65,7 @@ def faulty_store(tmp_path_factory):
     good = built / f"{TEXT}.mar"  # not served itself: text_in_fours is the same model, one worker fewer to start
     (store / f"{TRUNCATED}.mar").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     rewrite_archive(good, store / f"{NO_SPEC}.mar", NO_SPEC, drop={"model.json"})
-    # maxBatchDelay 500 ms: concurrent requests meet in one batch, which the simulated allocator refuses.
-    rewrite_archive(good, store / f"{OOM}.mar", OOM, add={"oom_text_handler.py": OOM_HANDLER},
-                    manifest_changes={"handler": "oom_text_handler.py"}, yaml_changes={"maxBatchDelay": 500})
+    write_oom_archive(good, store)
     archive_in_fours(store, tmp_path_factory.mktemp("in_fours"))
     return store
 

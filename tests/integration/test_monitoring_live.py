@@ -4,7 +4,7 @@ adapted only in target, intervals and `for:` (tests/support/prometheus.py says h
 
 The server holds image_classifier and text_classifier as shipped (text_classifier with a 0.1 s
 explanation budget and costly SmoothGrad, so that a batch of explanations refuses some), and text_classifier_oom, whose
-simulated allocator refuses batches of more than two items (test_model_faults_live.py). The tests run
+simulated allocator refuses batches of more than two items (tests/support/faulty_archives.py). The tests run
 in order on the same server and Prometheus:
 1. a healthy server: no alert on a fault fires, and the failure ratio is 0 although no Requests5XX
    series exists;
@@ -26,14 +26,14 @@ import yaml
 
 from scripts.local_torchserve import REPO_ROOT
 from scripts.prometheus_text import scrape, select
-from tests.integration.test_model_faults_live import OOM_HANDLER, TEXTS, TOO_LARGE, rewrite_archive
+from tests.support.faulty_archives import OOM_MODEL, TEXTS, TOO_LARGE, write_oom_archive
 from tests.support.load import Payload, burst, percentile, prediction, sample_payloads, send
 from tests.support.prometheus import (BUNDLE_JOB, adapted_config, alert_rules, dashboard_queries, quantity,
                                       start_prometheus, substitute_variables, wait_until)
 
 from latency_histogram import BUCKETS_SECONDS
 
-IMAGE, TEXT, OOM = "image_classifier", "text_classifier", "text_classifier_oom"
+IMAGE, TEXT, OOM = "image_classifier", "text_classifier", OOM_MODEL
 MODELS = [IMAGE, TEXT, OOM]
 # Alerts on how fast or full the machine is (other servers and tests share it), not on a fault: the
 # healthy server is not held to them. Every other alert must stay silent.
@@ -58,8 +58,7 @@ def store(tmp_path_factory):
     (configs / f"{TEXT}.yaml").write_text(yaml.safe_dump(text_config))
     subprocess.run([str(REPO_ROOT / "archive.sh"), IMAGE, TEXT], check=True, stdout=subprocess.DEVNULL,
                    env={**os.environ, "MODEL_STORE": str(store), "CONFIGS_DIR": str(configs)})
-    rewrite_archive(store / f"{TEXT}.mar", store / f"{OOM}.mar", OOM, add={"oom_text_handler.py": OOM_HANDLER},
-                    manifest_changes={"handler": "oom_text_handler.py"}, yaml_changes={"maxBatchDelay": 500})
+    write_oom_archive(store / f"{TEXT}.mar", store)
     return store
 
 

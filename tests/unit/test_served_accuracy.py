@@ -5,13 +5,12 @@ held to within a point of fp32 on the same images.
 
 A few hundred examples per model keep this quick; at 240 images one image is 0.4 points, so a model
 that fell 2 points below its record would miss about 5 more images than it does."""
-import io
-
 import numpy as np
 import pytest
 
 from export_paths import export_dir
 from tests.support.harness import load_handler, predict, top_label, worker_row
+from tests.support.user_models import png_bytes
 from train import synthetic_messages, synthetic_shapes, synthetic_sounds
 
 # Seeds the trainers never use: image training draws seed 0 (training) and 1 (held out), text training
@@ -32,19 +31,13 @@ def accuracy(predicted, expected) -> float:
     return float(np.mean([got == want for got, want in zip(predicted, expected)]))
 
 
-def png(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="module")
 def fresh_shapes():
     # Half at the demo model's size, as trained; half at twice it, resized by the handler as a photo is.
     rows, expected = [], []
     for size, seed in ((32, FRESH_SEED), (64, FRESH_SEED + 1)):
         images, labels = synthetic_shapes.generate(120, size, seed=seed)
-        rows += [worker_row(png(image)) for image in images]
+        rows += [worker_row(png_bytes(image)) for image in images]
         expected += [synthetic_shapes.SHAPES[label] for label in labels]
     return rows, expected
 
