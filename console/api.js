@@ -2,9 +2,15 @@
 // says why TorchServe's CORS settings cannot serve this page). Every answer, good or bad, comes back
 // as a Reply; nothing here throws for an HTTP status.
 
-// The headers the handlers set that tell how an input was read (docs/console.md lists them).
-export const INPUT_HEADERS = ["X-Text-Tokens", "X-Text-Truncated", "X-Audio-Window", "X-Audio-Window-Start",
-  "X-Audio-Duration"];
+// The headers the handlers set that tell how an input was read (docs/console.md lists them), each with
+// what it means: one list, for reading them here and explaining them on the page.
+export const INPUT_HEADERS = {
+  "X-Text-Tokens": "tokens the model read / tokens in the text",
+  "X-Text-Truncated": "whether the text was cut to the model's length",
+  "X-Audio-Window": "how the clip was fitted to the model's window",
+  "X-Audio-Window-Start": "seconds into the clip where the window starts",
+  "X-Audio-Duration": "seconds in the clip as sent",
+};
 
 export class Reply {
   constructor(status, body, headers, milliseconds) {
@@ -32,7 +38,7 @@ export class Reply {
   }
 
   inputHeaders() {
-    return INPUT_HEADERS.filter((name) => this.headers.has(name)).map((name) => [name, this.headers.get(name)]);
+    return Object.keys(INPUT_HEADERS).filter((name) => this.headers.has(name)).map((name) => [name, this.headers.get(name)]);
   }
 }
 

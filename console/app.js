@@ -1,6 +1,6 @@
 // The console page: pick a served model, give it an input, see its prediction, its explanation drawn,
 // and its variants' answers side by side (docs/console.md).
-import {explain, loadModels, ping, predict} from "./api.js";
+import {INPUT_HEADERS, explain, loadModels, ping, predict} from "./api.js";
 import {Recording} from "./recorder.js";
 import {divergingBars, element, errorBox, highlightedText, imageHeatMap, milliseconds, percent, predictionBars,
   strongestTokens} from "./draw.js";
@@ -101,13 +101,23 @@ function defaultVersion(name) {
   return versions.find((model) => model.default) || versions[0];
 }
 
+// The model an archive is a variant of (its model.json's source), or its own name for a base model.
+function baseOf(model) {
+  return model.variant_of || model.name;
+}
+
+// Names of a base model and its variants: the base first, then the variants by name.
+function baseFirst(base) {
+  return (a, b) => (a === base ? -1 : b === base ? 1 : a.localeCompare(b));
+}
+
 // A model and its variants (archives whose model.json names it as their source): the version picked
 // of the model shown, the default version of the others.
 function family(model) {
-  const base = model.variant_of || model.name;
+  const base = baseOf(model);
   const names = [...new Set(state.models.filter((m) => m.modality === model.modality && (m.name === base || m.variant_of === base))
     .map((m) => m.name))];
-  names.sort((a, b) => (a === base ? -1 : b === base ? 1 : a.localeCompare(b)));
+  names.sort(baseFirst(base));
   return names.map((name) => (name === model.name ? model : defaultVersion(name)));
 }
 
@@ -123,11 +133,10 @@ function breakable(name) {
 function renderModelList() {
   const list = $("model-list");
   const names = [...new Set(state.models.map((model) => model.name))];
-  const bases = [...new Set(names.map((name) => defaultVersion(name).variant_of || name))].sort();
+  const bases = [...new Set(names.map((name) => baseOf(defaultVersion(name))))].sort();
   const items = [];
   for (const base of bases) {
-    const members = names.filter((name) => (defaultVersion(name).variant_of || name) === base)
-      .sort((a, b) => (a === base ? -1 : b === base ? 1 : a.localeCompare(b)));
+    const members = names.filter((name) => baseOf(defaultVersion(name)) === base).sort(baseFirst(base));
     for (const name of members) {
       const model = defaultVersion(name);
       const versions = modelsNamed(name).length;
@@ -166,10 +175,8 @@ function selectModel(name, version) {
   $("target-select").replaceChildren(element("option", {value: "", text: "the predicted label"}),
     ...model.labels.map((label) => element("option", {value: label, text: label})));
   for (const node of document.querySelectorAll(".image-option")) node.hidden = model.modality !== "image";
-  const variants = family(model);
-  $("compare-button").disabled = variants.length < 2;
-  $("compare-button").title = variants.length < 2 ? `no variants of ${model.variant_of || model.name} in the model store` : "";
-  $("explain-button").disabled = !model.explainable;
+  // The buttons' disabled states are updateReadiness's (below): they depend on the input too.
+  $("compare-button").title = family(model).length < 2 ? `no variants of ${baseOf(model)} in the model store` : "";
   $("explain-options").disabled = !model.explainable;
   $("explain-note").textContent = model.explainable ? "" :
     `${model.runtime} graphs have no explanations (Captum differentiates the torch runtime only)` +
@@ -289,21 +296,13 @@ async function toggleRecording() {
 }
 
 // ---- prediction ----------------------------------------------------------------------------------
-const HEADER_MEANINGS = {
-  "X-Text-Tokens": "tokens the model read / tokens in the text",
-  "X-Text-Truncated": "whether the text was cut to the model's length",
-  "X-Audio-Window": "how the clip was fitted to the model's window",
-  "X-Audio-Window-Start": "seconds into the clip where the window starts",
-  "X-Audio-Duration": "seconds in the clip as sent",
-};
-
 function inputHeaderList(reply) {
   const headers = reply.inputHeaders();
   if (!headers.length) return null;
   const list = element("dl", {className: "input-headers"});
   for (const [name, value] of headers) {
     list.append(element("dt", {text: name}), element("dd", {"data-header": name},
-      element("span", {className: "header-value", text: value}), element("span", {className: "note", text: ` ${HEADER_MEANINGS[name]}`})));
+      element("span", {className: "header-value", text: value}), element("span", {className: "note", text: ` ${INPUT_HEADERS[name]}`})));
   }
   if (reply.headers.get("X-Text-Truncated") === "true") {
     list.append(element("dd", {className: "warning", text: "The text is longer than the model reads: only its first tokens count."}));
@@ -390,9 +389,7 @@ async function drawImageExplanation(view, explanation, input, model) {
     bitmap = await createImageBitmap(blank);
   }
   const heat = element("div", {className: "heat-map-box"});
-  view.append(heat, element("p", {className: "legend"},
-    element("span", {className: "swatch for"}), ` evidence for ${explanation.target} `,
-    element("span", {className: "swatch against"}), " against; ",
+  view.append(heat, attributionLegend(explanation.target, "", " against; ",
     `${explanation.grid.rows}×${explanation.grid.columns} cells over the ${explanation.grid.input_size.join("×")} input the model saw`));
   const redraw = () => imageHeatMap(heat, bitmap, explanation, model.preprocess, Number($("opacity-range").value));
   redraw();
@@ -402,13 +399,21 @@ async function drawImageExplanation(view, explanation, input, model) {
 function drawTextExplanation(view, explanation, input) {
   const text = explanation.offsets_in === "normalized_text" ? explanation.normalized_text : input.text;
   view.append(highlightedText(text, explanation.tokens),
-    element("p", {className: "legend"}, element("span", {className: "swatch for"}), ` evidence for ${explanation.target} `,
-      element("span", {className: "swatch against"}), " against; hover or focus a token for its attribution",
+    attributionLegend(explanation.target, "", " against; hover or focus a token for its attribution",
       explanation.offsets_in === "normalized_text" ? " (shown in the text as the tokenizer normalised it)" : ""),
     strongestTokens(text, explanation.tokens));
 }
 
+// "<for> evidence for <target> <against> against..." under an explanation: `swatches` "" for the page's
+// green and red, "audio-" for the spectrogram's red and blue.
+function attributionLegend(target, swatches, ...after) {
+  return element("p", {className: "legend"}, element("span", {className: `swatch ${swatches}for`}), ` evidence for ${target} `,
+    element("span", {className: `swatch ${swatches}against`}), ...after);
+}
+
 // The handler's spectrogram PNG colours attributions red (for) and blue (against): the bars here follow it.
+const SPECTROGRAM_COLOURS = {forColour: "#d62728", againstColour: "#1f5fbf"};
+
 function drawAudioExplanation(view, explanation, reply) {
   const start = Number(reply.headers.get("X-Audio-Window-Start") || 0);
   const frames = explanation.frames;
@@ -419,15 +424,14 @@ function drawAudioExplanation(view, explanation, reply) {
   }
   const strongest = frames.reduce((best, value, i) => (value > frames[best] ? i : best), 0);
   view.append(element("div", {className: "audio-charts"},
-    divergingBars(frames, {horizontal: true, width: 520, height: 120, forColour: "#d62728", againstColour: "#1f5fbf",
+    divergingBars(frames, {horizontal: true, width: 520, height: 120, ...SPECTROGRAM_COLOURS,
       label: `attribution per time frame; most for ${explanation.target} at ${(start + strongest * explanation.frame_hop_seconds).toFixed(2)} s`,
       axis: `per frame: ${frames.length} frames of ${milliseconds(explanation.frame_hop_seconds * 1000)}, ` +
         `${start.toFixed(2)}–${(start + seconds).toFixed(2)} s of the clip`}),
-    divergingBars(explanation.mel_bands, {horizontal: false, width: 120, height: 200, forColour: "#d62728", againstColour: "#1f5fbf",
+    divergingBars(explanation.mel_bands, {horizontal: false, width: 120, height: 200, ...SPECTROGRAM_COLOURS,
       label: `attribution per mel band, ${explanation.mel_bands.length} bands`,
       axis: `per mel band: ${explanation.mel_bands.length}, low at the bottom`})),
-  element("p", {className: "legend"}, element("span", {className: "swatch audio-for"}), ` evidence for ${explanation.target} `,
-    element("span", {className: "swatch audio-against"}), " against (the spectrogram's colours)"));
+  attributionLegend(explanation.target, "audio-", " against (the spectrogram's colours)"));
 }
 
 // ---- compare -------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import aiohttp
 import requests
@@ -99,16 +99,19 @@ class Console:
         self.inference_url = inference_url.rstrip("/")
         self.model_store = Path(model_store)
         self.max_request_bytes = max_request_bytes
-        # The page's files, listed once: nothing else under any path is served.
-        self.files = {path.name: path for path in self.console_dir.iterdir()
+        # The page's files, listed and read once: nothing else under any path is served, and no request
+        # waits on the disk in the event loop that also forwards the inference calls.
+        self.files = {path.name: (path.read_bytes(), CONTENT_TYPES[path.suffix]) for path in self.console_dir.iterdir()
                       if path.is_file() and path.suffix in CONTENT_TYPES}
         self.session: Optional[aiohttp.ClientSession] = None
         self.listed = self.read_models()
 
     def read_models(self) -> dict:
         listed = model_list(self.model_store)
-        # (name, version) of every archive listed: the only models the proxy forwards to.
-        self.forwarded = {(model["name"], model["version"]) for model in listed["models"]}
+        # name → versions of every archive listed: the only models the proxy forwards to.
+        self.forwarded: Dict[str, set] = {}
+        for model in listed["models"]:
+            self.forwarded.setdefault(model["name"], set()).add(model["version"])
         return listed
 
     def app(self) -> web.Application:
@@ -143,11 +146,11 @@ class Console:
         return response
 
     async def page_file(self, request: web.Request) -> web.StreamResponse:
-        path = self.files.get(request.match_info.get("name", "index.html"))
-        if path is None:
+        page_file = self.files.get(request.match_info.get("name", "index.html"))
+        if page_file is None:
             return json_error(404, "NotFound", f"no such file: {request.path}")
-        return web.Response(body=path.read_bytes(), content_type=None,
-                            headers={"Content-Type": CONTENT_TYPES[path.suffix]})
+        body, content_type = page_file
+        return web.Response(body=body, content_type=None, headers={"Content-Type": content_type})
 
     async def models(self, request: web.Request) -> web.Response:
         # Read again at each load of the page: an archive rebuilt or added since shows up on reload.
@@ -156,8 +159,8 @@ class Console:
     async def forward(self, request: web.Request) -> web.Response:
         if request.path != "/ping":
             match = INFERENCE_PATH.match(request.path)
-            if match is None or not any(model == match["model"] and match["version"] in (None, version)
-                                        for model, version in self.forwarded):
+            versions = self.forwarded.get(match["model"], set()) if match else set()
+            if not versions or (match["version"] is not None and match["version"] not in versions):
                 return json_error(404, "ModelNotListed", f"{request.path} is not a model in {self.model_store}; "
                                                          "the console forwards only to those (reload the page)")
         try:
