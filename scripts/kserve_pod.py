@@ -92,8 +92,15 @@ class KServePod:
         self.torchserve = ForegroundTorchServe(self.workdir, self.workdir / "config.properties",
                                                env={"TS_SERVICE_ENVELOPE": SERVICE_ENVELOPES[next(iter(frontends))]},
                                                model_store=Path(bundle) / "model-store")
-        self.frontends = {protocol: FrontEnd(self.workdir, self.workdir / "config.properties", protocol, env)
-                          for protocol, env in frontends.items()}
+        self.frontends: Dict[str, FrontEnd] = {}
+        try:
+            for protocol, env in frontends.items():
+                self.frontends[protocol] = FrontEnd(self.workdir, self.workdir / "config.properties", protocol, env)
+        except BaseException:
+            # A front end that cannot start (.venv-kserve-frontend missing) leaves no pod for the caller to
+            # stop: stop here what was started, or TorchServe and its workers outlive the caller.
+            self.stop()
+            raise
 
     def wait_until_listening(self, timeout_s: float, poll_s: float = 0.2) -> Dict[str, float]:
         """Each front end's seconds from `started` until /v2/health/ready answered true. RuntimeError when
