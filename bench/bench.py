@@ -45,6 +45,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from bench import in_process
+from bench.machine import cpu_model
 from bench.stock_resnet18 import StockResNet18
 from model_defs.image import eval_transform, preprocess_params
 from model_defs.onnx_export import export_int8, export_onnx
@@ -103,13 +104,7 @@ def payloads(kinds: Dict[str, ModelKind]) -> Dict[str, ModelInput]:
 
 # ---- the machine and the server ---------------------------------------------------------------
 def machine() -> dict:
-    cpu = platform.processor() or "cpu"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    facts = {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
+    facts = {"cpu": cpu_model(), "cores": os.cpu_count(), "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
              "torch": torch.__version__, "python": platform.python_version(), "gpu": None}
     if torch.cuda.is_available():
         facts["gpu"] = torch.cuda.get_device_name(0)

@@ -16,13 +16,11 @@ front end adds to TorchServe's own start.
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
 
-import psutil  # a torchserve dependency
-
+from bench.machine import cpu_model
 from scripts.kserve_pod import LOAD_VARIABLES, KServePod, manifest_env
 from scripts.local_torchserve import REPO_ROOT, read_properties
 from scripts.readiness import wait_for_models
@@ -51,14 +49,6 @@ def measure(bundle: Path, env: dict) -> dict:
             "models_not_ready_in_frontend": unready}
 
 
-def cpu_model() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def get_args_parser():
     parser = argparse.ArgumentParser(prog="python -m bench.kserve_readiness", description=__doc__.split("\n")[0])
     parser.add_argument("--bundle", type=Path, default=REPO_ROOT / "kserve", help="the `make kserve` folder")
@@ -85,7 +75,7 @@ def main(args) -> None:
               f"load average {result['load_average']}"
               + (f"; NOT READY in the front end: {result['models_not_ready_in_frontend']}"
                  if result["models_not_ready_in_frontend"] else ""), flush=True)
-    machine = f"{psutil.cpu_count()} cores, {cpu_model()}"
+    machine = f"{os.cpu_count()} cores, {cpu_model()}"
     print(f"machine: {machine}", file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "runs": results}, indent=2) + "\n")

@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from model_defs.export import LABELS_FILE, labels_in_order
-from model_defs.export import MODEL_JSON, check_format_version, read_spec
+from model_defs.export import LABELS_FILE, MODEL_JSON, check_format_version, labels_in_order, read_spec
 # model.json's runtime: none for an eager export ("torch"), "onnxruntime", "torchscript" (an imported archive)
 from model_defs.serving import TORCH_RUNTIME, TORCHSCRIPT_RUNTIME
 
