@@ -29,8 +29,7 @@ import requests
 from model_defs.audio import encode_audio
 from scripts.kserve_bundle import KSERVE_SETTINGS, write_bundle
 from scripts.kserve_pod import FrontEnd, KServePod, manifest_env
-from scripts.local_torchserve import (REPO_ROOT, ForegroundTorchServe, batches_served, read_properties,
-                                     render_properties, write_config)
+from scripts.local_torchserve import REPO_ROOT, batches_served, read_properties, render_properties
 from scripts.model_store import ModelKind, kinds, scan
 from scripts.readiness import wait_for_models
 from train.synthetic_shapes import render_shape
@@ -204,21 +203,22 @@ def test_the_written_config_keeps_torchserve_inside_the_pod(kserve):
                      "grpc_management_port", "model_store"}
 
 
-def test_with_token_authorization_on_the_front_end_gives_every_model_up(kserve, tmp_path):
+def test_with_token_authorization_on_the_front_end_gives_every_model_up(kserve, own_torchserve, tmp_path):
     """Why the folder turns token authorization off (pytorch/serve#3301): the front end's readiness
     poll carries no token, a TorchServe with authorization on refuses it (400 InvalidKeyException), and
     the wrapper's loop gives the model up at once. Its server then listens (the pod reports ready) with
     every model 503."""
     empty_store = tmp_path / "store"
     empty_store.mkdir()
-    properties = write_config(tmp_path / "config.properties", empty_store, {"disable_token_authorization": "false"})
-    torchserve = ForegroundTorchServe(tmp_path, tmp_path / "config.properties")
+    # TorchServe up before the front end polls it: a poll refused for want of a token, not a connection
+    # refused because TorchServe was still starting, is what gives each model up here.
+    torchserve = own_torchserve(empty_store, [], {"disable_token_authorization": "false"})
     frontend = None
     try:
         # The bundle's config with this TorchServe's addresses: the models the front end polls for.
         config = tmp_path / "frontend.properties"
         config.write_text(render_properties(kserve.pod.workdir / "config.properties", {
-            key: properties[key] for key in ("inference_address", "management_address")}))
+            "inference_address": torchserve.inference_url, "management_address": torchserve.management_url}))
         frontend = FrontEnd(tmp_path, config, "v1", manifest_env(MANIFESTS["v1"]))
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while not frontend.listening():
@@ -226,14 +226,13 @@ def test_with_token_authorization_on_the_front_end_gives_every_model_up(kserve, 
             time.sleep(0.5)
         for model in kserve.models:
             assert not frontend.model_ready(model)
-            refused = requests.get(f"{properties['management_address']}/models/{model}", params={"customized": "false"},
+            refused = requests.get(f"{torchserve.management_url}/models/{model}", params={"customized": "false"},
                                    timeout=30)
             assert refused.status_code == 400 and refused.json()["type"] == "InvalidKeyException"
         assert frontend.log().count("Failed loading model") == len(kserve.models), frontend.log()
     finally:
         if frontend is not None:
             frontend.stop()
-        torchserve.stop()
 
 
 # ---- readiness ----------------------------------------------------------------------------------
